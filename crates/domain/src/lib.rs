@@ -1,0 +1,12 @@
+//! Pure domain types and rules of pricefeed; no I/O here, so everything is unit-testable.
+//!
+//! - [`instrument`]: symbols, underlyings, derivatives and their statuses.
+//! - [`assignment`]: which live node owns which instrument's broker subscription (balanced,
+//!   deterministic, minimal movement), versioned by an epoch.
+//! - [`trade`]: a trade as the cluster handles it, and the checks it must pass to be accepted.
+//! - [`sequence`]: per-symbol trade-id tracking: drops duplicates, reports gaps for backfill.
+
+pub mod assignment;
+pub mod instrument;
+pub mod sequence;
+pub mod trade;

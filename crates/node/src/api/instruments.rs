@@ -1,0 +1,258 @@
+//! `GET /api/v1/underlyings`, `/underlyings/{symbol}`, `/derivatives`.
+//!
+//! Instrument metadata comes from Postgres; lists are keyset-paginated by symbol (`cursor` is the
+//! last symbol of the previous page), so pages stay stable while instruments are being listed.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use pricefeed_domain::instrument::{Derivative, DerivativeKind, Symbol, Underlying};
+use pricefeed_runtime::problem::Problem;
+use pricefeed_store::instruments::{self, DerivativeFilter};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{page_limit, query_problem};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_underlyings))
+        .routes(routes!(get_underlying))
+        .routes(routes!(list_derivatives))
+}
+
+/// An underlying (spot pair).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnderlyingDto {
+    #[schema(example = "BTCUSDT")]
+    pub symbol: String,
+    pub base_asset: String,
+    pub quote_asset: String,
+    /// Broker status, e.g. TRADING, HALT, BREAK.
+    pub status: String,
+    /// False once the broker stopped listing it; history is kept.
+    pub listed: bool,
+    #[schema(value_type = Option<String>, example = "0.01")]
+    pub tick_size: Option<Decimal>,
+    #[schema(value_type = Option<String>, example = "0.00001")]
+    pub step_size: Option<Decimal>,
+}
+
+/// A derivative linked to its underlying.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DerivativeDto {
+    #[schema(example = "BTCUSDT_261225")]
+    pub symbol: String,
+    #[schema(example = "BTCUSDT")]
+    pub underlying: String,
+    #[schema(value_type = String, example = "future")]
+    pub kind: DerivativeKind,
+    /// `usdm` or `options`.
+    pub market: String,
+    pub contract_type: Option<String>,
+    /// Expiry, ms since the epoch; null for perpetuals.
+    pub expiry: Option<i64>,
+    #[schema(value_type = Option<String>)]
+    pub strike: Option<Decimal>,
+    /// CALL or PUT for options.
+    pub option_side: Option<String>,
+    pub status: String,
+    pub listed: bool,
+}
+
+/// One underlying with its derivatives.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnderlyingDetail {
+    #[serde(flatten)]
+    pub underlying: UnderlyingDto,
+    pub derivatives: Vec<DerivativeDto>,
+}
+
+/// A page of results; pass `next_cursor` as `cursor` to get the next page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+fn underlying_dto(u: Underlying, listed: bool) -> UnderlyingDto {
+    UnderlyingDto {
+        symbol: u.symbol.to_string(),
+        base_asset: u.base_asset,
+        quote_asset: u.quote_asset,
+        status: u.status,
+        listed,
+        tick_size: u.tick_size,
+        step_size: u.step_size,
+    }
+}
+
+fn derivative_dto(d: Derivative, listed: bool) -> DerivativeDto {
+    DerivativeDto {
+        symbol: d.symbol.to_string(),
+        underlying: d.underlying.to_string(),
+        kind: d.kind,
+        market: d.market,
+        contract_type: d.contract_type,
+        expiry: d.expiry_ms,
+        strike: d.strike,
+        option_side: d.option_side,
+        status: d.status,
+        listed,
+    }
+}
+
+fn page<T>(items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(key)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Page size, 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn path_symbol(s: &str) -> Result<Symbol, Problem> {
+    Symbol::parse(s).map_err(|e| Problem::bad_request("symbol", e.to_string()))
+}
+
+/// Underlyings, ordered by symbol.
+#[utoipa::path(get, path = "/underlyings", tag = "instruments", params(ListParams),
+    responses(
+        (status = 200, body = Page<UnderlyingDto>),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+    ))]
+async fn list_underlyings(
+    State(st): State<AppState>,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Page<UnderlyingDto>>, Problem> {
+    let Query(q) = q.map_err(query_problem)?;
+    let limit = page_limit(q.limit)?;
+    let rows = instruments::list_underlyings(&st.db, q.cursor.as_deref(), limit)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let items = rows
+        .into_iter()
+        .map(|r| underlying_dto(r.inner, r.delisted_at.is_none()))
+        .collect();
+    Ok(Json(page(items, limit, |u: &UnderlyingDto| {
+        u.symbol.clone()
+    })))
+}
+
+/// One underlying and its derivatives.
+#[utoipa::path(get, path = "/underlyings/{symbol}", tag = "instruments",
+    params(("symbol" = String, Path, description = "Underlying symbol, any case", example = "BTCUSDT")),
+    responses(
+        (status = 200, body = UnderlyingDetail),
+        (status = 400, description = "Malformed symbol", content_type = "application/problem+json"),
+        (status = 404, description = "Unknown symbol", content_type = "application/problem+json"),
+    ))]
+async fn get_underlying(
+    State(st): State<AppState>,
+    Path(symbol): Path<String>,
+) -> Result<Json<UnderlyingDetail>, Problem> {
+    let symbol = path_symbol(&symbol)?;
+    let Some(row) = instruments::get_underlying(&st.db, &symbol)
+        .await
+        .map_err(|e| Problem::internal(&e))?
+    else {
+        return Err(Problem::not_found(format!("unknown underlying {symbol}")));
+    };
+    let derivs = instruments::list_derivatives(
+        &st.db,
+        &DerivativeFilter {
+            underlying: Some(symbol),
+            limit: 10_000,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(UnderlyingDetail {
+        underlying: underlying_dto(row.inner, row.delisted_at.is_none()),
+        derivatives: derivs
+            .into_iter()
+            .map(|d| derivative_dto(d.inner, d.delisted_at.is_none()))
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DerivativeParams {
+    /// Only derivatives of this underlying.
+    underlying: Option<String>,
+    /// perpetual, future or option.
+    #[param(pattern = "^(perpetual|future|option)$")]
+    kind: Option<String>,
+    /// Only contracts expiring before this time (ms since the epoch).
+    expiry_before: Option<i64>,
+    /// Page size, 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Derivatives, filtered and ordered by symbol.
+#[utoipa::path(get, path = "/derivatives", tag = "instruments", params(DerivativeParams),
+    responses(
+        (status = 200, body = Page<DerivativeDto>),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+    ))]
+async fn list_derivatives(
+    State(st): State<AppState>,
+    q: Result<Query<DerivativeParams>, QueryRejection>,
+) -> Result<Json<Page<DerivativeDto>>, Problem> {
+    let Query(q) = q.map_err(query_problem)?;
+    let limit = page_limit(q.limit)?;
+    let underlying = q
+        .underlying
+        .as_deref()
+        .map(|s| Symbol::parse(s).map_err(|e| Problem::bad_request("underlying", e.to_string())))
+        .transpose()?;
+    let kind = q
+        .kind
+        .as_deref()
+        .map(|k| {
+            DerivativeKind::parse(k).ok_or_else(|| {
+                Problem::bad_request("kind", "kind must be one of perpetual, future, option")
+            })
+        })
+        .transpose()?;
+    let rows = instruments::list_derivatives(
+        &st.db,
+        &DerivativeFilter {
+            underlying,
+            kind,
+            expiry_before_ms: q.expiry_before,
+            after: q.cursor,
+            limit,
+        },
+    )
+    .await
+    .map_err(|e| Problem::internal(&e))?;
+    let items = rows
+        .into_iter()
+        .map(|r| derivative_dto(r.inner, r.delisted_at.is_none()))
+        .collect();
+    Ok(Json(page(items, limit, |d: &DerivativeDto| {
+        d.symbol.clone()
+    })))
+}

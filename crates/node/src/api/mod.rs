@@ -1,0 +1,71 @@
+//! The v1 HTTP API of a node: routes, their OpenAPI description and the Swagger UI.
+//!
+//! Routes are registered through `utoipa_axum::OpenApiRouter`, so a route and its spec entry are
+//! added in one place and cannot drift; `/api/v1/openapi.json` is generated from them.
+
+pub mod instruments;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use pricefeed_runtime::problem::Problem;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pricefeed API",
+        version = "1",
+        description = "Latest prices, instruments and cluster state of a pricefeed market-data cluster. \
+                       Money and quantities are exact decimal strings; times are ms since the epoch. \
+                       Errors are application/problem+json."
+    ),
+    tags(
+        (name = "instruments", description = "Underlyings and derivatives"),
+    )
+)]
+struct ApiDoc;
+
+/// The whole `/api/v1` router plus `/docs`, with the spec generated from the routes.
+pub fn router(state: AppState) -> Router {
+    let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", instruments::router())
+        .split_for_parts();
+    let api = api.with_state(state);
+    api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", spec))
+}
+
+/// Maps a query-string rejection to a 400 problem naming the parameter where axum tells us.
+pub(crate) fn query_problem(e: QueryRejection) -> Problem {
+    let text = e.body_text();
+    // serde_urlencoded messages look like "...query string: limit: invalid digit" or
+    // "...unknown field `foo`, expected ..."; name the parameter when we can find it.
+    let param = text
+        .split("field `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .or_else(|| {
+            text.split("query string: ")
+                .nth(1)
+                .and_then(|s| s.split(':').next())
+                .filter(|p| !p.contains(' '))
+        })
+        .unwrap_or("query")
+        .to_string();
+    Problem::bad_request(&param, text)
+}
+
+/// Page size: `limit` ≤ 500, default 100.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<i64, Problem> {
+    match limit {
+        None => Ok(100),
+        Some(l @ 1..=500) => Ok(i64::from(l)),
+        Some(_) => Err(Problem::bad_request(
+            "limit",
+            "limit must be between 1 and 500",
+        )),
+    }
+}

@@ -1,0 +1,58 @@
+//! Wiring of one node process, shared by `main` and the tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use pricefeed_runtime::{http, ops, problem, shutdown::Shutdown, telemetry};
+
+use crate::config::NodeConfig;
+use crate::state::AppState;
+
+/// A started node.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub node_id: String,
+}
+
+/// Connects to its dependencies, migrates when configured, and serves HTTP as a tracked task.
+pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Running> {
+    let node_id = cfg.node_id();
+    let db = pricefeed_store::pg::connect(&cfg.database).await?;
+    if cfg.database.migrate_on_start {
+        pricefeed_store::pg::migrate(&db).await?;
+    }
+    let redis = pricefeed_store::redis_conn::connect(&cfg.redis).await?;
+
+    let readiness = ops::Readiness::new(shutdown.clone());
+    {
+        let db = db.clone();
+        readiness.add("postgres", move || {
+            let db = db.clone();
+            async move { pricefeed_store::pg::ping(&db).await }
+        });
+    }
+    readiness.add("redis", move || {
+        pricefeed_store::redis_conn::ping(redis.clone())
+    });
+
+    let state = AppState {
+        db,
+        node_id: Arc::from(node_id.as_str()),
+    };
+    let router = build_router(state, readiness, cfg);
+    let (listener, addr) = http::bind(cfg.node.http.bind).await?;
+    telemetry::spawn_upkeep(shutdown);
+    http::spawn_server(listener, router, shutdown);
+    tracing::info!(%addr, node_id, "node listening");
+    Ok(Running { addr, node_id })
+}
+
+fn build_router(state: AppState, readiness: ops::Readiness, cfg: &NodeConfig) -> Router {
+    let app = crate::api::router(state)
+        .merge(ops::router(readiness))
+        .fallback(problem::not_found_fallback);
+    http::with_common_layers(app, Duration::from_millis(cfg.node.http.request_timeout_ms))
+}

@@ -1,0 +1,12 @@
+//! The pricefeed API node.
+//!
+//! - [`config`]: the node's typed configuration.
+//! - [`app`]: wiring — connects Postgres and Redis, migrates, registers readiness checks, builds
+//!   the router and serves it until shutdown.
+//! - [`api`]: the v1 REST routes and their OpenAPI description.
+//! - [`state`]: the state shared by handlers.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod state;

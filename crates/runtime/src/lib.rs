@@ -1,0 +1,16 @@
+//! Process plumbing shared by every pricefeed binary.
+//!
+//! - [`config`]: typed configuration from `config/default.toml`, an optional env file and
+//!   `PRICEFEED__SECTION__KEY` overrides, validated with errors that name the key.
+//! - [`telemetry`]: tracing subscriber (human or JSON) and the Prometheus recorder.
+//! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the readiness registry behind them.
+//! - [`shutdown`]: signal handling, cancellation and task tracking with a drain deadline.
+//! - [`http`]: the common middleware stack (request ids, spans, metrics) and the server loop.
+//! - [`problem`]: RFC 9457 `application/problem+json` errors.
+
+pub mod config;
+pub mod http;
+pub mod ops;
+pub mod problem;
+pub mod shutdown;
+pub mod telemetry;

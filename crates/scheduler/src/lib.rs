@@ -1,0 +1,10 @@
+//! The pricefeed scheduler process, in one of two roles.
+//!
+//! - `scheduler`: leader-elected cluster tasks (instrument sync, node health, reconciliation).
+//! - `worker`: queue consumers (email delivery, backfill jobs); any number run side by side.
+//!
+//! - [`config`]: typed configuration of both roles.
+//! - [`app`]: wiring of dependencies, readiness and the ops HTTP listener.
+
+pub mod app;
+pub mod config;
