@@ -4,6 +4,7 @@
 //! added in one place and cannot drift; `/api/v1/openapi.json` is generated from them.
 
 pub mod instruments;
+pub mod node;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -25,6 +26,7 @@ use crate::state::AppState;
     ),
     tags(
         (name = "instruments", description = "Underlyings and derivatives"),
+        (name = "cluster", description = "Nodes and their state"),
     )
 )]
 struct ApiDoc;
@@ -32,10 +34,11 @@ struct ApiDoc;
 /// The whole `/api/v1` router plus `/docs`, with the spec generated from the routes.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", instruments::router())
+        .nest("/api/v1", instruments::router().merge(node::router()))
         .split_for_parts();
     let api = api.with_state(state);
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", spec))
+        .route("/", axum::routing::get(node::dashboard))
 }
 
 /// Maps a query-string rejection to a 400 problem naming the parameter where axum tells us.

@@ -1,0 +1,36 @@
+//! `GET /api/v1/node` (which node answered) and the dashboard page at `/`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::Html;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(node_info))
+}
+
+/// Identity of the node that served the request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub version: String,
+}
+
+/// The node that answered this request.
+#[utoipa::path(get, path = "/node", tag = "cluster", responses((status = 200, body = NodeInfo)))]
+async fn node_info(State(st): State<AppState>) -> Json<NodeInfo> {
+    Json(NodeInfo {
+        node_id: st.node_id.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// The dashboard: a static page that polls the public API.
+pub async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("../../static/dashboard.html"))
+}
