@@ -62,7 +62,7 @@ echo $$ >"$RUN/supervisor.pid"
 
 ensure_system_deps
 ensure_maildev
-trap 'stop_all; exit 130' INT TERM
+trap 'trap - EXIT; stop_all; exit 130' INT TERM
 trap 'stop_all' EXIT
 
 start_postgres "$STATE/pg" "$PG_PORT"

@@ -8,7 +8,9 @@ use axum::Router;
 use pricefeed_runtime::{http, ops, problem, shutdown::Shutdown, telemetry};
 
 use crate::config::NodeConfig;
+use crate::membership::Membership;
 use crate::state::AppState;
+use pricefeed_store::registry::NodeRecord;
 
 /// A started node.
 #[derive(Debug)]
@@ -34,16 +36,43 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
             async move { pricefeed_store::pg::ping(&db).await }
         });
     }
-    readiness.add("redis", move || {
-        pricefeed_store::redis_conn::ping(redis.clone())
-    });
+    {
+        let redis = redis.clone();
+        readiness.add("redis", move || {
+            pricefeed_store::redis_conn::ping(redis.clone())
+        });
+    }
+
+    // Bind first: the registry record carries the address actually bound (port 0 in tests).
+    let (listener, addr) = http::bind(cfg.node.http.bind).await?;
+    let started_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let slices = Membership {
+        redis: redis.clone(),
+        redis_url: cfg.redis.url.clone(),
+        prefix: cfg.redis.key_prefix.clone(),
+        record: NodeRecord {
+            node_id: node_id.clone(),
+            addr: addr.to_string(),
+            started_at_ms,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        heartbeat: Duration::from_millis(cfg.node.heartbeat_ms),
+        registration_ttl_ms: cfg.node.registration_ttl_ms,
+        poll: Duration::from_millis(cfg.node.assignment_poll_ms),
+    }
+    .start(shutdown)
+    .await?;
 
     let state = AppState {
         db,
         node_id: Arc::from(node_id.as_str()),
+        redis,
+        key_prefix: Arc::from(cfg.redis.key_prefix.as_str()),
+        slices,
     };
     let router = build_router(state, readiness, cfg);
-    let (listener, addr) = http::bind(cfg.node.http.bind).await?;
     telemetry::spawn_upkeep(shutdown);
     http::spawn_server(listener, router, shutdown);
     tracing::info!(%addr, node_id, "node listening");

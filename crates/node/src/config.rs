@@ -26,6 +26,26 @@ pub struct NodeSection {
     #[serde(default)]
     pub id: String,
     pub http: HttpConfig,
+    /// How often the node refreshes its registry entry.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// TTL of the registry record; the scheduler judges liveness by heartbeat age, the TTL only
+    /// cleans up after nodes that vanished.
+    #[serde(default = "default_registration_ttl_ms")]
+    pub registration_ttl_ms: u64,
+    /// How often the published assignment is re-read, as a fallback to the pub/sub notice.
+    #[serde(default = "default_assignment_poll_ms")]
+    pub assignment_poll_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1_000
+}
+fn default_registration_ttl_ms() -> u64 {
+    10_000
+}
+fn default_assignment_poll_ms() -> u64 {
+    1_000
 }
 
 impl Validate for NodeConfig {
@@ -43,6 +63,24 @@ impl Validate for NodeConfig {
             ));
         }
         self.node.http.validate("node.http")?;
+        if !(50..=60_000).contains(&self.node.heartbeat_ms) {
+            return Err(ConfigError::key(
+                "node.heartbeat_ms",
+                "must be between 50 and 60000",
+            ));
+        }
+        if self.node.registration_ttl_ms < 2 * self.node.heartbeat_ms {
+            return Err(ConfigError::key(
+                "node.registration_ttl_ms",
+                "must be at least twice node.heartbeat_ms",
+            ));
+        }
+        if !(50..=60_000).contains(&self.node.assignment_poll_ms) {
+            return Err(ConfigError::key(
+                "node.assignment_poll_ms",
+                "must be between 50 and 60000",
+            ));
+        }
         self.database.validate()?;
         self.redis.validate()?;
         self.broker.validate()?;

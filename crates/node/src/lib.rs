@@ -5,8 +5,10 @@
 //!   the router and serves it until shutdown.
 //! - [`api`]: the v1 REST routes and their OpenAPI description.
 //! - [`state`]: the state shared by handlers.
+//! - [`membership`]: registry heartbeat and the node's view of the slice assignment.
 
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod membership;
 pub mod state;

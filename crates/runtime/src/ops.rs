@@ -21,8 +21,9 @@ use serde::Serialize;
 
 use crate::shutdown::Shutdown;
 
+/// A check answers `Ok(detail)` (shown as the check's value, usually "ok") or `Err(reason)`.
 type CheckFn =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
 
 /// The set of readiness checks of one process.
 #[derive(Clone)]
@@ -65,6 +66,20 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
+        let f = Arc::new(f);
+        self.add_status(name, move || {
+            let fut = f();
+            async move { fut.await.map(|()| "ok".to_string()) }
+        });
+    }
+
+    /// Registers a check that reports a status while passing (e.g. "leader term=7" or "standby"),
+    /// for facts an operator wants on `/readyz` that do not make the process unready.
+    pub fn add_status<F, Fut>(&self, name: &str, f: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
         let f: CheckFn = Arc::new(move || Box::pin(f()));
         self.checks
             .write()
@@ -92,8 +107,8 @@ impl Readiness {
         }
         for (name, r) in results {
             match r {
-                Ok(()) => {
-                    map.insert(name, "ok".into());
+                Ok(detail) => {
+                    map.insert(name, detail);
                 }
                 Err(e) => {
                     ok = false;

@@ -1,11 +1,13 @@
 //! Wiring of a scheduler or worker process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pricefeed_runtime::{http, ops, problem, shutdown::Shutdown, telemetry};
 
 use crate::config::SchedulerConfig;
+use crate::leader::{LeaderLoop, LeaderStatus};
 
 /// Which role this process plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,26 +44,70 @@ pub async fn start(
     let redis = pricefeed_store::redis_conn::connect(&cfg.redis).await?;
 
     let readiness = ops::Readiness::new(shutdown.clone());
-    readiness.add("postgres", move || {
+    {
         let db = db.clone();
-        async move { pricefeed_store::pg::ping(&db).await }
-    });
-    readiness.add("redis", move || {
-        pricefeed_store::redis_conn::ping(redis.clone())
-    });
+        readiness.add("postgres", move || {
+            let db = db.clone();
+            async move { pricefeed_store::pg::ping(&db).await }
+        });
+    }
+    {
+        let redis = redis.clone();
+        readiness.add("redis", move || {
+            pricefeed_store::redis_conn::ping(redis.clone())
+        });
+    }
 
-    let section = match role {
-        Role::Scheduler => &cfg.scheduler,
-        Role::Worker => &cfg.worker,
+    if role == Role::Scheduler {
+        // Install the recorder first: gauges set before it exists are lost, and a standby must
+        // report `pricefeed_scheduler_is_leader 0` from the start.
+        telemetry::metrics_handle();
+        let status = Arc::new(LeaderStatus::default());
+        {
+            let status = status.clone();
+            // Reported, not gating: a standby is ready to take over, which is its job.
+            readiness.add_status("leader", move || {
+                let s = status.describe();
+                async move { Ok(s) }
+            });
+        }
+        let holder = holder_id();
+        tracing::info!(holder = %holder, "contending for the scheduler lease");
+        let leader = LeaderLoop {
+            cfg: cfg.scheduler.clone(),
+            db: db.clone(),
+            redis: redis.clone(),
+            prefix: cfg.redis.key_prefix.clone(),
+            holder,
+            status,
+        };
+        shutdown.tracker().spawn(leader.run(shutdown.token()));
+    }
+
+    let http_cfg = match role {
+        Role::Scheduler => &cfg.scheduler.http,
+        Role::Worker => &cfg.worker.http,
     };
     let router = ops::router(readiness).fallback(problem::not_found_fallback);
-    let router = http::with_common_layers(
-        router,
-        Duration::from_millis(section.http.request_timeout_ms),
-    );
-    let (listener, addr) = http::bind(section.http.bind).await?;
+    let router =
+        http::with_common_layers(router, Duration::from_millis(http_cfg.request_timeout_ms));
+    let (listener, addr) = http::bind(http_cfg.bind).await?;
     telemetry::spawn_upkeep(shutdown);
     http::spawn_server(listener, router, shutdown);
     tracing::info!(%addr, role = role.as_str(), "listening");
     Ok(Running { addr })
+}
+
+/// Lease holder identity: host, pid and a random part, so two schedulers on one host (or a
+/// restarted one reusing a pid) never mistake each other's lease for their own.
+fn holder_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "scheduler".into());
+    // RandomState is randomly keyed per process, which is all a uniqueness suffix needs.
+    let suffix = RandomState::new().hash_one(std::process::id()) & 0xff_ffff;
+    format!("{host}-{}-{suffix:06x}", std::process::id())
 }

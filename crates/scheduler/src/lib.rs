@@ -5,6 +5,8 @@
 //!
 //! - [`config`]: typed configuration of both roles.
 //! - [`app`]: wiring of dependencies, readiness and the ops HTTP listener.
+//! - [`leader`]: the lease loop and, while leading, the slice assignment.
 
 pub mod app;
 pub mod config;
+pub mod leader;

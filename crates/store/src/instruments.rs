@@ -138,6 +138,21 @@ pub async fn list_derivatives(
     rows.iter().map(derivative_from_row).collect()
 }
 
+/// Every symbol the cluster must subscribe to: tradable (`TRADING`, see
+/// [`pricefeed_domain::instrument::is_tradable_status`]) and not delisted, underlyings and
+/// derivatives alike, in symbol order. This is the instrument set the scheduler assigns to nodes.
+pub async fn tradable_symbols(pool: &PgPool) -> Result<Vec<Symbol>, sqlx::Error> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT symbol FROM underlyings WHERE status = 'TRADING' AND delisted_at IS NULL \
+         UNION \
+         SELECT symbol FROM derivatives WHERE status = 'TRADING' AND delisted_at IS NULL \
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(|(s,)| sym(s)).collect()
+}
+
 /// Inserts or refreshes an underlying; clears a delisting mark when it trades again.
 pub async fn upsert_underlying(pool: &PgPool, u: &Underlying) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -264,5 +279,19 @@ mod tests {
         orphan.symbol = Symbol::parse("XRP-261225-1-C").unwrap();
         orphan.underlying = Symbol::parse("XRPUSDT").unwrap();
         assert!(upsert_derivative(&pool, &orphan).await.is_err());
+
+        // Only tradable, non-delisted instruments are assigned to nodes.
+        let mut halted = u("XRPUSDT");
+        halted.status = "BREAK".into();
+        upsert_underlying(&pool, &halted).await.unwrap();
+        sqlx::query("UPDATE underlyings SET delisted_at = now() WHERE symbol = 'ETHUSDT'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let syms = tradable_symbols(&pool).await.unwrap();
+        assert_eq!(
+            syms.iter().map(Symbol::as_str).collect::<Vec<_>>(),
+            ["BTC-261225-90000-C", "BTCUSDT"]
+        );
     }
 }

@@ -3,7 +3,16 @@
 //! - [`pg`]: pool construction, migrations under an advisory lock, readiness check.
 //! - [`instruments`]: the instrument repository (underlyings and derivatives).
 //! - [`redis_conn`]: Redis connection manager and readiness check.
+//! - [`registry`]: node registry (records with a TTL, heartbeat times in a sorted set).
+//! - [`lease`]: the scheduler leader lease with a fencing term.
+//! - [`assignment`]: the published slice assignment (Redis) and its durable epoch (Postgres).
 
+pub mod assignment;
 pub mod instruments;
+pub mod lease;
 pub mod pg;
 pub mod redis_conn;
+pub mod registry;
+
+#[cfg(test)]
+mod redis_tests;

@@ -3,6 +3,7 @@
 //! Routes are registered through `utoipa_axum::OpenApiRouter`, so a route and its spec entry are
 //! added in one place and cannot drift; `/api/v1/openapi.json` is generated from them.
 
+pub mod cluster;
 pub mod instruments;
 pub mod node;
 
@@ -34,7 +35,12 @@ struct ApiDoc;
 /// The whole `/api/v1` router plus `/docs`, with the spec generated from the routes.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", instruments::router().merge(node::router()))
+        .nest(
+            "/api/v1",
+            instruments::router()
+                .merge(node::router())
+                .merge(cluster::router()),
+        )
         .split_for_parts();
     let api = api.with_state(state);
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", spec))

@@ -1,0 +1,135 @@
+//! `GET /api/v1/cluster`: the cluster as this node sees it — registered nodes with heartbeat age
+//! and slice size, the assignment epoch, the current scheduler leader, and how many tradable
+//! instruments are (un)assigned.
+//!
+//! Node liveness uses the threshold published with the assignment (the leader's
+//! `scheduler.node_dead_after_ms`), so "alive" here means exactly what the scheduler acted on.
+//! Feed connection health is not reported yet: the feed connector does not exist yet, and a
+//! field that always says "healthy" would be worse than none.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::Json;
+use axum::extract::State;
+use pricefeed_runtime::problem::Problem;
+use pricefeed_store::lease;
+use pricefeed_store::registry::Registry;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+/// Dead-node threshold used before any assignment was published (the scheduler's default).
+const DEFAULT_DEAD_AFTER_MS: u64 = 3_000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(cluster))
+}
+
+/// The scheduler currently holding the leader lease.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Leader {
+    /// Fencing term of its lease; grows on every takeover.
+    pub term: u64,
+    pub holder: String,
+}
+
+/// One registered node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterNode {
+    pub node_id: String,
+    /// HTTP address it serves on; absent once its registry record expired.
+    pub addr: Option<String>,
+    /// Milliseconds since its last heartbeat, on the Redis clock.
+    pub heartbeat_age_ms: i64,
+    pub alive: bool,
+    /// Instruments it owns under the published assignment.
+    pub slice_size: usize,
+    /// Start time, ms since the epoch; absent once its registry record expired.
+    pub started_at: Option<i64>,
+}
+
+/// Cluster overview.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterView {
+    /// Epoch of the assignment this node holds; 0 before the first one was published.
+    pub epoch: u64,
+    /// Absent while no scheduler holds the lease (e.g. during a takeover).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Leader>,
+    pub nodes: Vec<ClusterNode>,
+    /// Tradable, non-delisted instruments in Postgres.
+    pub instruments: usize,
+    /// Of those, how many no node owns under the published assignment.
+    pub unassigned: usize,
+}
+
+/// Nodes, heartbeat ages, slice sizes, the assignment epoch and the scheduler leader.
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    tag = "cluster",
+    responses(
+        (status = 200, body = ClusterView),
+        (status = 503, description = "Redis or Postgres unavailable", content_type = "application/problem+json"),
+    )
+)]
+async fn cluster(State(st): State<AppState>) -> Result<Json<ClusterView>, Problem> {
+    let view = st.slices.borrow().clone();
+    let unavailable = |what: &str, e: String| {
+        tracing::warn!(error = %e, "cluster view: {what} unavailable");
+        Problem::unavailable(format!("{what} unavailable"))
+    };
+    let mut redis = st.redis.clone();
+    let listed = Registry::new(st.redis.clone(), &st.key_prefix)
+        .list()
+        .await
+        .map_err(|e| unavailable("redis", e.to_string()))?;
+    let leader = lease::current(&mut redis, &st.key_prefix)
+        .await
+        .map_err(|e| unavailable("redis", e.to_string()))?;
+    let symbols = pricefeed_store::instruments::tradable_symbols(&st.db)
+        .await
+        .map_err(|e| unavailable("postgres", e.to_string()))?;
+
+    let (dead_after, sizes, owned): (u64, BTreeMap<String, usize>, BTreeSet<_>) =
+        match &view.published {
+            Some(p) => {
+                let mut sizes = BTreeMap::new();
+                for node in p.owners.values() {
+                    *sizes.entry(node.as_str().to_string()).or_insert(0) += 1;
+                }
+                let dead_after = if p.node_dead_after_ms > 0 {
+                    p.node_dead_after_ms
+                } else {
+                    DEFAULT_DEAD_AFTER_MS
+                };
+                (dead_after, sizes, p.owners.keys().collect())
+            }
+            None => (DEFAULT_DEAD_AFTER_MS, BTreeMap::new(), BTreeSet::new()),
+        };
+    let unassigned = symbols.iter().filter(|s| !owned.contains(s)).count();
+    let nodes = listed
+        .into_iter()
+        .map(|n| ClusterNode {
+            alive: n.is_alive(dead_after),
+            slice_size: sizes.get(&n.node_id).copied().unwrap_or(0),
+            addr: n.record.as_ref().map(|r| r.addr.clone()),
+            started_at: n.record.as_ref().map(|r| r.started_at_ms),
+            heartbeat_age_ms: n.heartbeat_age_ms,
+            node_id: n.node_id,
+        })
+        .collect();
+    Ok(Json(ClusterView {
+        epoch: view.epoch(),
+        leader: leader.map(|l| Leader {
+            term: l.term,
+            holder: l.holder,
+        }),
+        nodes,
+        instruments: symbols.len(),
+        unassigned,
+    }))
+}
