@@ -47,7 +47,8 @@ async fn seed_instruments(db: &str) -> BTreeSet<String> {
         .execute(&pool)
         .await
         .unwrap();
-        expected.insert(u.clone());
+        // Assignment keys are `market:SYMBOL` (docs/decisions/0005-instrument-keys.md).
+        expected.insert(format!("spot:{u}"));
         for suffix in ["PERP", "PERP2"] {
             let d = format!("{u}_{suffix}");
             sqlx::query(
@@ -59,7 +60,7 @@ async fn seed_instruments(db: &str) -> BTreeSet<String> {
             .execute(&pool)
             .await
             .unwrap();
-            expected.insert(d);
+            expected.insert(format!("usdm:{d}"));
         }
     }
     sqlx::query(

@@ -100,6 +100,21 @@ pub fn base_env(database_url: &str) -> Vec<(String, String)> {
             "127.0.0.1:0".into(),
         ),
         ("PRICEFEED__WORKER__HTTP__BIND".into(), "127.0.0.1:0".into()),
+        // The scheduler syncs instruments from the broker REST URLs. A test that seeds
+        // instruments itself must not have them replaced by whatever simulator happens to run
+        // on the default ports, so REST points nowhere unless a test sets it (later entries win).
+        (
+            "PRICEFEED__BROKER__SPOT_REST_URL".into(),
+            "http://127.0.0.1:9".into(),
+        ),
+        (
+            "PRICEFEED__BROKER__FUTURES_REST_URL".into(),
+            "http://127.0.0.1:9".into(),
+        ),
+        (
+            "PRICEFEED__BROKER__OPTIONS_REST_URL".into(),
+            "http://127.0.0.1:9".into(),
+        ),
         ("RUST_LOG".into(), "info".into()),
     ]
 }

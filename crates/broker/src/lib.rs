@@ -11,8 +11,10 @@
 //! - [`ws`]: stream events, the combined-stream wrapper and live-subscription requests/replies.
 //! - [`rest`]: REST responses (trades, aggTrades, exchangeInfo of spot, USD-M futures, options)
 //!   and the `{code,msg}` error body.
+//! - [`rest_client`]: the REST client (timeouts, typed errors, weight header, 429/418 back-off).
 
 pub mod rest;
+pub mod rest_client;
 pub mod ws;
 
 pub use rest::ApiError;

@@ -156,6 +156,168 @@ pub mod codes {
     pub const INVALID_JSON: i64 = 3;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Borrowed decoding for the connector's hot path.
+//
+// The owned structs above serve the simulator (which renders them). The connector decodes every
+// frame, so it uses one borrowed struct whose string fields point into the frame: no `String`
+// per trade, no `serde_json::Value`. One struct covers trade, aggTrade, serverShutdown and the
+// live-request replies because they share a flat shape; fields a kind does not have are absent.
+
+/// Every field the connector reads from any frame it expects, borrowed from the frame.
+#[derive(Debug, Default, Deserialize)]
+struct EventRef<'a> {
+    #[serde(rename = "e", borrow, default)]
+    event_type: Option<&'a str>,
+    #[serde(rename = "s", borrow, default)]
+    symbol: Option<&'a str>,
+    #[serde(rename = "t", default)]
+    trade_id: Option<u64>,
+    #[serde(rename = "a", default)]
+    agg_id: Option<u64>,
+    #[serde(rename = "p", default)]
+    price: Option<Decimal>,
+    #[serde(rename = "q", default)]
+    qty: Option<Decimal>,
+    #[serde(rename = "T", default)]
+    trade_time: Option<i64>,
+    #[serde(rename = "E", default)]
+    event_time: Option<i64>,
+    #[serde(rename = "m", default)]
+    buyer_is_maker: Option<bool>,
+    /// Replies: `{"result":null,"id":1}` or `{"code":2,"msg":"...","id":1}`.
+    #[serde(default)]
+    id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(borrow, default)]
+    msg: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// `{"stream":"…","data":{…}}` with the event borrowed.
+#[derive(Debug, Deserialize)]
+struct CombinedRef<'a> {
+    #[serde(borrow)]
+    #[allow(dead_code)] // read by serde to validate the shape; routing uses the payload's `s`
+    stream: &'a str,
+    #[serde(borrow)]
+    data: EventRef<'a>,
+}
+
+/// One trade as the connector sees it, borrowed from the frame. For `aggTrade` frames `id` is
+/// the aggregate id `a`: the USD-M feed is `@aggTrade` and its REST backfill (`aggTrades?fromId`)
+/// pages by the same id, so dedup and gap detection use one consistent sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradeRef<'a> {
+    pub symbol: &'a str,
+    pub id: u64,
+    pub price: Decimal,
+    pub qty: Decimal,
+    pub ts_ms: i64,
+    pub buyer_is_maker: bool,
+}
+
+/// What one text frame was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameRef<'a> {
+    Trade(TradeRef<'a>),
+    /// `serverShutdown`, raw or combined: reconnect at once.
+    ServerShutdown,
+    /// A live-request reply; `error` is `(code, msg)` for a failure.
+    Reply {
+        error: Option<(i64, String)>,
+    },
+    /// A well-formed event of a type the connector does not consume (ignored, counted).
+    Other,
+}
+
+/// Why a frame could not be used; `kind()` is a stable metrics label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("not valid JSON for a stream event: {0}")]
+    Json(String),
+    #[error("{event} event without field `{field}`")]
+    MissingField {
+        event: &'static str,
+        field: &'static str,
+    },
+}
+
+impl FrameError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Json(_) => "json",
+            Self::MissingField { .. } => "missing_field",
+        }
+    }
+}
+
+/// Decodes one text frame, raw (`/ws`) or combined (`/stream`), borrowing from it.
+pub fn decode_frame(frame: &[u8]) -> Result<FrameRef<'_>, FrameError> {
+    // The combined wrapper always starts with its `stream` key when the exchange renders it;
+    // sniffing avoids trying two decoders per frame. A wrapper rendered differently falls back
+    // to the slow path below.
+    let ev: EventRef<'_> = if frame.starts_with(b"{\"stream\"") {
+        serde_json::from_slice::<CombinedRef<'_>>(frame)
+            .map_err(|e| FrameError::Json(e.to_string()))?
+            .data
+    } else {
+        match serde_json::from_slice::<EventRef<'_>>(frame) {
+            Ok(ev) => ev,
+            Err(e) => match serde_json::from_slice::<CombinedRef<'_>>(frame) {
+                Ok(c) => c.data,
+                Err(_) => return Err(FrameError::Json(e.to_string())),
+            },
+        }
+    };
+    event(ev)
+}
+
+fn event(ev: EventRef<'_>) -> Result<FrameRef<'_>, FrameError> {
+    let (kind, id) = match ev.event_type {
+        Some("trade") => ("trade", ev.trade_id),
+        Some("aggTrade") => ("aggTrade", ev.agg_id),
+        Some("serverShutdown") => return Ok(FrameRef::ServerShutdown),
+        Some(_) => return Ok(FrameRef::Other),
+        None if ev.code.is_some() => {
+            let msg = ev.msg.map(|m| m.into_owned()).unwrap_or_default();
+            return Ok(FrameRef::Reply {
+                error: Some((ev.code.unwrap_or_default(), msg)),
+            });
+        }
+        None if ev.id.is_some() => return Ok(FrameRef::Reply { error: None }),
+        None => {
+            return Err(FrameError::MissingField {
+                event: "unknown",
+                field: "e",
+            });
+        }
+    };
+    let missing = |field| FrameError::MissingField { event: kind, field };
+    Ok(FrameRef::Trade(TradeRef {
+        symbol: ev.symbol.ok_or_else(|| missing("s"))?,
+        id: id.ok_or_else(|| missing(if kind == "trade" { "t" } else { "a" }))?,
+        price: ev.price.ok_or_else(|| missing("p"))?,
+        qty: ev.qty.ok_or_else(|| missing("q"))?,
+        ts_ms: ev
+            .trade_time
+            .or(ev.event_time)
+            .ok_or_else(|| missing("T"))?,
+        buyer_is_maker: ev.buyer_is_maker.unwrap_or(false),
+    }))
+}
+
+/// A SUBSCRIBE/UNSUBSCRIBE request rendered without `serde_json::Value`.
+pub fn render_request(method: WsMethod, params: &[&str], id: u64) -> String {
+    #[derive(Serialize)]
+    struct Req<'a> {
+        method: WsMethod,
+        params: &'a [&'a str],
+        id: u64,
+    }
+    serde_json::to_string(&Req { method, params, id }).expect("plain strings serialize")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +350,85 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
             r#"{"code":3,"msg":"Invalid JSON: x"}"#
+        );
+    }
+    #[test]
+    fn decodes_trade_aggtrade_combined_and_shutdown_borrowing() {
+        let raw = br#"{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.00100000","q":"100","T":1672515782130,"m":true,"M":true,"x":1}"#;
+        let FrameRef::Trade(t) = decode_frame(raw).unwrap() else {
+            panic!("not a trade")
+        };
+        assert_eq!(
+            (t.symbol, t.id, t.ts_ms, t.buyer_is_maker),
+            ("BNBBTC", 12345, 1672515782130, true)
+        );
+        assert_eq!(t.price.to_string(), "0.00100000");
+        // The symbol points into the frame: no allocation.
+        let range = raw.as_ptr_range();
+        assert!(range.contains(&t.symbol.as_ptr()));
+
+        let agg = br#"{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":2,"s":"BTCUSDT","a":77,"p":"90000.1","q":"0.012","f":100,"l":102,"T":1672515782136,"m":false}}"#;
+        let FrameRef::Trade(a) = decode_frame(agg).unwrap() else {
+            panic!("not a trade")
+        };
+        assert_eq!((a.symbol, a.id), ("BTCUSDT", 77));
+        // Futures trade with extra fields, options trade with `S`.
+        let opt = br#"{"e":"trade","E":1,"T":1672515782136,"s":"BTC-261225-90000-C","t":9,"p":"1500","q":"0.1","S":-1,"m":true}"#;
+        assert!(matches!(
+            decode_frame(opt),
+            Ok(FrameRef::Trade(TradeRef { id: 9, .. }))
+        ));
+
+        for f in [
+            &br#"{"e":"serverShutdown","E":1770123456789}"#[..],
+            br#"{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1}}"#,
+        ] {
+            assert_eq!(decode_frame(f).unwrap(), FrameRef::ServerShutdown);
+        }
+        assert_eq!(
+            decode_frame(br#"{"result":null,"id":3}"#).unwrap(),
+            FrameRef::Reply { error: None }
+        );
+        assert_eq!(
+            decode_frame(br#"{"code":2,"msg":"Invalid request: \"x\"","id":3}"#).unwrap(),
+            FrameRef::Reply {
+                error: Some((2, "Invalid request: \"x\"".into()))
+            }
+        );
+        assert_eq!(
+            decode_frame(br#"{"e":"24hrMiniTicker","E":1,"s":"X"}"#).unwrap(),
+            FrameRef::Other
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_with_kinds() {
+        let truncated = br#"{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12"#;
+        assert_eq!(decode_frame(truncated).unwrap_err().kind(), "json");
+        let no_id = br#"{"e":"trade","E":1,"s":"BNBBTC","p":"1","q":"1","T":1,"m":true}"#;
+        assert_eq!(
+            decode_frame(no_id).unwrap_err(),
+            FrameError::MissingField {
+                event: "trade",
+                field: "t"
+            }
+        );
+        let bad_price = br#"{"e":"trade","E":1,"s":"X","t":1,"p":"abc","q":"1","T":1,"m":true}"#;
+        assert_eq!(decode_frame(bad_price).unwrap_err().kind(), "json");
+        let neg_id = br#"{"e":"trade","E":1,"s":"X","t":-5,"p":"1","q":"1","T":1,"m":true}"#;
+        assert_eq!(decode_frame(neg_id).unwrap_err().kind(), "json");
+        assert_eq!(decode_frame(b"").unwrap_err().kind(), "json");
+        assert_eq!(decode_frame(b"[1,2]").unwrap_err().kind(), "json");
+        assert_eq!(decode_frame(b"{}").unwrap_err().kind(), "missing_field");
+        let combined_bad = br#"{"stream":"x@trade","data":{"e":"trade","s":"X"#;
+        assert_eq!(decode_frame(combined_bad).unwrap_err().kind(), "json");
+    }
+
+    #[test]
+    fn requests_render_like_the_exchange_expects() {
+        assert_eq!(
+            render_request(WsMethod::Subscribe, &["btcusdt@trade", "ethusdt@trade"], 7),
+            r#"{"method":"SUBSCRIBE","params":["btcusdt@trade","ethusdt@trade"],"id":7}"#
         );
     }
 }

@@ -29,7 +29,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::instrument::Symbol;
+use crate::instrument::InstrumentKey;
 
 /// Fixed seed of the rendezvous weights. Changing it reshuffles every slice in the cluster on the
 /// next rollout, and nodes on old and new code would disagree, so the golden test pins it.
@@ -72,7 +72,7 @@ impl fmt::Display for NodeId {
 ///
 /// The node id, hashed with the fixed seed, seeds the hash of the symbol, so each node ranks the
 /// symbols by an independent-looking hash and a node's weights do not depend on who else is alive.
-pub fn hrw_weight(node: &NodeId, symbol: &Symbol) -> u64 {
+pub fn hrw_weight(node: &NodeId, symbol: &InstrumentKey) -> u64 {
     xxh3_64_with_seed(symbol.as_str().as_bytes(), node_seed(node))
 }
 
@@ -85,14 +85,14 @@ fn node_seed(node: &NodeId) -> u64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     pub epoch: u64,
-    pub owners: BTreeMap<Symbol, NodeId>,
+    pub owners: BTreeMap<InstrumentKey, NodeId>,
 }
 
 /// One symbol changing hands between two assignments. `from: None` is a newly assigned symbol,
 /// `to: None` one that is no longer assigned (delisted, or no node alive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Move {
-    pub symbol: Symbol,
+    pub symbol: InstrumentKey,
     pub from: Option<NodeId>,
     pub to: Option<NodeId>,
 }
@@ -107,13 +107,13 @@ impl Assignment {
         }
     }
 
-    pub fn owner(&self, symbol: &Symbol) -> Option<&NodeId> {
+    pub fn owner(&self, symbol: &InstrumentKey) -> Option<&NodeId> {
         self.owners.get(symbol)
     }
 
     /// Symbols of each node that owns at least one; a live node with an empty slice is absent.
-    pub fn slices(&self) -> BTreeMap<NodeId, Vec<Symbol>> {
-        let mut out: BTreeMap<NodeId, Vec<Symbol>> = BTreeMap::new();
+    pub fn slices(&self) -> BTreeMap<NodeId, Vec<InstrumentKey>> {
+        let mut out: BTreeMap<NodeId, Vec<InstrumentKey>> = BTreeMap::new();
         for (symbol, node) in &self.owners {
             out.entry(node.clone()).or_default().push(symbol.clone());
         }
@@ -121,7 +121,10 @@ impl Assignment {
     }
 
     /// The symbols `node` owns, in symbol order, without allocating.
-    pub fn slice_of<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a Symbol> + 'a {
+    pub fn slice_of<'a>(
+        &'a self,
+        node: &'a NodeId,
+    ) -> impl Iterator<Item = &'a InstrumentKey> + 'a {
         self.owners
             .iter()
             .filter(move |(_, owner)| *owner == node)
@@ -157,7 +160,11 @@ impl Assignment {
     /// Whether every symbol is owned by one of `nodes`, every one of `symbols` is owned, and
     /// slice sizes over `nodes` differ by at most one. The cluster endpoint and the scheduler use
     /// it to notice an assignment that no longer fits the membership.
-    pub fn is_balanced_over(&self, nodes: &BTreeSet<NodeId>, symbols: &BTreeSet<Symbol>) -> bool {
+    pub fn is_balanced_over(
+        &self,
+        nodes: &BTreeSet<NodeId>,
+        symbols: &BTreeSet<InstrumentKey>,
+    ) -> bool {
         if nodes.is_empty() {
             return self.owners.is_empty();
         }
@@ -179,7 +186,7 @@ impl Assignment {
 
 /// A fresh assignment with no history: bounded-load rendezvous hashing. Epoch 1 unless there is
 /// nothing to assign.
-pub fn assign(nodes: &BTreeSet<NodeId>, symbols: &BTreeSet<Symbol>) -> Assignment {
+pub fn assign(nodes: &BTreeSet<NodeId>, symbols: &BTreeSet<InstrumentKey>) -> Assignment {
     rebalance(&Assignment::default(), nodes, symbols)
 }
 
@@ -193,7 +200,7 @@ pub fn assign(nodes: &BTreeSet<NodeId>, symbols: &BTreeSet<Symbol>) -> Assignmen
 pub fn rebalance(
     previous: &Assignment,
     nodes: &BTreeSet<NodeId>,
-    symbols: &BTreeSet<Symbol>,
+    symbols: &BTreeSet<InstrumentKey>,
 ) -> Assignment {
     let owners = if nodes.is_empty() {
         BTreeMap::new()
@@ -213,8 +220,8 @@ pub fn rebalance(
 fn balanced_owners(
     previous: &Assignment,
     nodes: &BTreeSet<NodeId>,
-    symbols: &BTreeSet<Symbol>,
-) -> BTreeMap<Symbol, NodeId> {
+    symbols: &BTreeSet<InstrumentKey>,
+) -> BTreeMap<InstrumentKey, NodeId> {
     let nodes: Vec<&NodeId> = nodes.iter().collect();
     let seeds: Vec<u64> = nodes.iter().map(|n| node_seed(n)).collect();
     let index: BTreeMap<&NodeId, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
@@ -223,8 +230,8 @@ fn balanced_owners(
     let r = symbols.len() % k;
 
     // Symbols whose previous owner is still alive, per node; everything else goes to the pool.
-    let mut kept: Vec<Vec<&Symbol>> = vec![Vec::new(); k];
-    let mut pool: Vec<&Symbol> = Vec::new();
+    let mut kept: Vec<Vec<&InstrumentKey>> = vec![Vec::new(); k];
+    let mut pool: Vec<&InstrumentKey> = Vec::new();
     for symbol in symbols {
         match previous.owners.get(symbol).and_then(|n| index.get(n)) {
             Some(&i) => kept[i].push(symbol),
@@ -258,7 +265,7 @@ fn balanced_owners(
     pool.sort();
 
     let mut count: Vec<usize> = kept.iter().map(Vec::len).collect();
-    let mut owners: BTreeMap<Symbol, NodeId> = BTreeMap::new();
+    let mut owners: BTreeMap<InstrumentKey, NodeId> = BTreeMap::new();
     for (i, held) in kept.iter().enumerate() {
         for symbol in held {
             owners.insert((*symbol).clone(), nodes[i].clone());
@@ -294,15 +301,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sym(s: &str) -> Symbol {
-        Symbol::parse(s).unwrap()
+    /// Bare symbols are spot instruments, so the tests read like the symbols they are about.
+    fn sym(s: &str) -> InstrumentKey {
+        if s.contains(':') {
+            InstrumentKey::parse(s).unwrap()
+        } else {
+            InstrumentKey::parse(&format!("spot:{s}")).unwrap()
+        }
     }
 
     fn node_set(ids: &[&str]) -> BTreeSet<NodeId> {
         ids.iter().map(|s| NodeId::from(*s)).collect()
     }
 
-    fn symbol_set(n: usize) -> BTreeSet<Symbol> {
+    fn symbol_set(n: usize) -> BTreeSet<InstrumentKey> {
         (0..n).map(|i| sym(&format!("S{i:04}USDT"))).collect()
     }
 
@@ -320,7 +332,7 @@ mod tests {
     fn min_forced_moves(
         prev: &Assignment,
         nodes: &BTreeSet<NodeId>,
-        symbols: &BTreeSet<Symbol>,
+        symbols: &BTreeSet<InstrumentKey>,
     ) -> usize {
         let k = nodes.len();
         let (q, r) = (symbols.len() / k, symbols.len() % k);
@@ -342,7 +354,7 @@ mod tests {
         prev: &Assignment,
         next: &Assignment,
         nodes: &BTreeSet<NodeId>,
-    ) -> Vec<Symbol> {
+    ) -> Vec<InstrumentKey> {
         prev.diff(next)
             .into_iter()
             .filter(|m| m.to.is_some() && m.from.as_ref().is_some_and(|f| nodes.contains(f)))
@@ -354,16 +366,13 @@ mod tests {
     fn golden_weights_and_table() {
         // Pinned values: if this fails, the hash changed and a mixed-version cluster would
         // disagree on ownership. Change only with a coordinated full restart.
-        assert_eq!(
+        let (wa, wb) = (
             hrw_weight(&NodeId::from("node-a"), &sym("BTCUSDT")),
-            GOLDEN_WEIGHT_A_BTC
-        );
-        assert_eq!(
             hrw_weight(&NodeId::from("node-b"), &sym("ETHUSDT")),
-            GOLDEN_WEIGHT_B_ETH
         );
+        assert_eq!((wa, wb), (GOLDEN_WEIGHT_A_BTC, GOLDEN_WEIGHT_B_ETH));
         let nodes = node_set(&["node-a", "node-b", "node-c"]);
-        let symbols: BTreeSet<Symbol> = [
+        let symbols: BTreeSet<InstrumentKey> = [
             "BTCUSDT",
             "ETHUSDT",
             "BNBUSDT",
@@ -371,7 +380,8 @@ mod tests {
             "XRPUSDT",
             "ADAUSDT",
             "DOGEUSDT",
-            "BTCUSDT_261225",
+            "usdm:BTCUSDT",
+            "usdm:BTCUSDT_261225",
         ]
         .iter()
         .map(|s| sym(s))
@@ -382,21 +392,24 @@ mod tests {
             .iter()
             .map(|(s, n)| (s.as_str(), n.as_str()))
             .collect();
-        assert_eq!(table, GOLDEN_TABLE);
+        assert_eq!(table, GOLDEN_TABLE, "{table:#?}");
         assert_eq!(a.epoch, 1);
     }
 
-    const GOLDEN_WEIGHT_A_BTC: u64 = 1_694_477_240_019_262_789;
-    const GOLDEN_WEIGHT_B_ETH: u64 = 10_879_943_293_750_707_287;
+    const GOLDEN_WEIGHT_A_BTC: u64 = 9_785_463_863_743_623_279;
+    const GOLDEN_WEIGHT_B_ETH: u64 = 11_622_674_343_092_178_578;
+    // Re-pinned once when assignment moved from bare symbols to `market:SYMBOL` keys
+    // (docs/decisions/0005-instrument-keys.md); the hash input is now the whole key.
     const GOLDEN_TABLE: &[(&str, &str)] = &[
-        ("ADAUSDT", "node-b"),
-        ("BNBUSDT", "node-c"),
-        ("BTCUSDT", "node-b"),
-        ("BTCUSDT_261225", "node-c"),
-        ("DOGEUSDT", "node-b"),
-        ("ETHUSDT", "node-a"),
-        ("SOLUSDT", "node-a"),
-        ("XRPUSDT", "node-c"),
+        ("spot:ADAUSDT", "node-a"),
+        ("spot:BNBUSDT", "node-b"),
+        ("spot:BTCUSDT", "node-b"),
+        ("spot:DOGEUSDT", "node-c"),
+        ("spot:ETHUSDT", "node-b"),
+        ("spot:SOLUSDT", "node-c"),
+        ("spot:XRPUSDT", "node-c"),
+        ("usdm:BTCUSDT", "node-a"),
+        ("usdm:BTCUSDT_261225", "node-a"),
     ];
 
     /// `assign` has no memory, so it cannot be exact; this pins how far it is from exact so a
@@ -565,7 +578,7 @@ mod tests {
         assert!(a.diff(&a).is_empty());
 
         let json = serde_json::to_string(&a).unwrap();
-        assert!(json.starts_with("{\"epoch\":1,\"owners\":{\"S0000USDT\":\"n"));
+        assert!(json.starts_with("{\"epoch\":1,\"owners\":{\"spot:S0000USDT\":\"n"));
         let back: Assignment = serde_json::from_str(&json).unwrap();
         assert_eq!(back, a);
         let bad = r#"{"epoch":1,"owners":{"BAD SYMBOL":"n1"}}"#;
@@ -615,16 +628,17 @@ mod tests {
         prop::collection::btree_set("[a-z]{1,6}-[0-9]{1,3}".prop_map(NodeId::from), 1..=max)
     }
 
-    fn arb_symbols(max: usize) -> impl Strategy<Value = BTreeSet<Symbol>> {
+    fn arb_symbols(max: usize) -> impl Strategy<Value = BTreeSet<InstrumentKey>> {
         prop::collection::btree_set("[A-Z]{2,8}".prop_map(|s| sym(&s)), 0..=max)
     }
 
     /// A previous assignment of arbitrary shape: some symbols, some live nodes, some dead ones.
-    fn arb_previous() -> impl Strategy<Value = (Assignment, BTreeSet<NodeId>, BTreeSet<Symbol>)> {
+    fn arb_previous()
+    -> impl Strategy<Value = (Assignment, BTreeSet<NodeId>, BTreeSet<InstrumentKey>)> {
         (arb_nodes(7), arb_symbols(60), arb_nodes(3), any::<u64>()).prop_flat_map(
             |(nodes, symbols, dead, epoch)| {
                 let pool: Vec<NodeId> = nodes.iter().chain(dead.iter()).cloned().collect();
-                let all: Vec<Symbol> = symbols.iter().cloned().collect();
+                let all: Vec<InstrumentKey> = symbols.iter().cloned().collect();
                 let extra = prop::collection::vec("[A-Z]{2,8}".prop_map(|s| sym(&s)), 0..10);
                 let owners = (extra, prop::collection::vec(0..pool.len(), all.len() + 10));
                 owners.prop_map(move |(extra, picks)| {

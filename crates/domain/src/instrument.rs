@@ -51,6 +51,114 @@ impl fmt::Display for Symbol {
     }
 }
 
+/// The broker market an instrument trades on. Each market is a separate venue with its own
+/// WebSocket host, REST host and trade-id sequence, which is why a symbol alone does not name an
+/// instrument: the USD-M perpetual `BTCUSDT` shares its spot pair's symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Market {
+    Spot,
+    Usdm,
+    Options,
+}
+
+impl Market {
+    pub const ALL: [Market; 3] = [Market::Spot, Market::Usdm, Market::Options];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spot => "spot",
+            Self::Usdm => "usdm",
+            Self::Options => "options",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "spot" => Some(Self::Spot),
+            "usdm" => Some(Self::Usdm),
+            "options" => Some(Self::Options),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Market {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of one instrument across markets, rendered `market:SYMBOL` (`spot:BTCUSDT`,
+/// `usdm:BTCUSDT`, `options:BTC-261225-90000-C`); see `docs/decisions/0005-instrument-keys.md`.
+///
+/// Stored as the rendered string so that ordering, hashing (slice assignment) and Redis hash
+/// fields all use the same bytes without re-formatting; the market prefix is re-parsed on demand
+/// (a few byte compares).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstrumentKey(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid instrument key {0:?}: expected `spot|usdm|options:SYMBOL`")]
+pub struct InvalidInstrumentKey(pub String);
+
+impl InstrumentKey {
+    pub fn new(market: Market, symbol: &Symbol) -> Self {
+        let mut s = String::with_capacity(market.as_str().len() + 1 + symbol.as_str().len());
+        s.push_str(market.as_str());
+        s.push(':');
+        s.push_str(symbol.as_str());
+        Self(s)
+    }
+
+    /// Parses `market:SYMBOL`; the symbol part is normalised like [`Symbol::parse`].
+    pub fn parse(s: &str) -> Result<Self, InvalidInstrumentKey> {
+        let bad = || InvalidInstrumentKey(s.chars().take(80).collect());
+        let (m, sym) = s.split_once(':').ok_or_else(bad)?;
+        let market = Market::parse(m).ok_or_else(bad)?;
+        let symbol = Symbol::parse(sym).map_err(|_| bad())?;
+        Ok(Self::new(market, &symbol))
+    }
+
+    pub fn market(&self) -> Market {
+        let (m, _) = self.0.split_once(':').expect("validated at construction");
+        Market::parse(m).expect("validated at construction")
+    }
+
+    /// The exchange symbol part (`BTCUSDT`).
+    pub fn symbol_str(&self) -> &str {
+        self.0.split_once(':').expect("validated at construction").1
+    }
+
+    pub fn symbol(&self) -> Symbol {
+        Symbol(self.symbol_str().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for InstrumentKey {
+    type Error = InvalidInstrumentKey;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<InstrumentKey> for String {
+    fn from(k: InstrumentKey) -> String {
+        k.0
+    }
+}
+
+impl fmt::Display for InstrumentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// What a derivative is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,6 +240,29 @@ mod tests {
         assert!(Symbol::parse(&"A".repeat(61)).is_err());
         let s: Result<Symbol, _> = serde_json::from_str("\"eth'usdt\"");
         assert!(s.is_err());
+    }
+
+    #[test]
+    fn instrument_keys_render_parse_and_differ_by_market() {
+        let btc = Symbol::parse("btcusdt").unwrap();
+        let spot = InstrumentKey::new(Market::Spot, &btc);
+        let perp = InstrumentKey::new(Market::Usdm, &btc);
+        assert_eq!(spot.as_str(), "spot:BTCUSDT");
+        assert_eq!(perp.as_str(), "usdm:BTCUSDT");
+        assert_ne!(spot, perp);
+        assert_eq!(perp.market(), Market::Usdm);
+        assert_eq!(perp.symbol_str(), "BTCUSDT");
+        let opt = InstrumentKey::parse("options:btc-261225-90000-c").unwrap();
+        assert_eq!(opt.as_str(), "options:BTC-261225-90000-C");
+        assert_eq!(opt.symbol(), Symbol::parse("BTC-261225-90000-C").unwrap());
+        assert_eq!(
+            serde_json::to_string(&InstrumentKey::parse("usdm:BTCUSDT_261225").unwrap()).unwrap(),
+            "\"usdm:BTCUSDT_261225\""
+        );
+        for bad in ["BTCUSDT", "coinm:BTCUSD", "spot:", "spot:B T", ":BTCUSDT"] {
+            assert!(InstrumentKey::parse(bad).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<InstrumentKey>("\"futures:BTCUSDT\"").is_err());
     }
 
     #[test]

@@ -61,24 +61,7 @@ impl Trade {
     /// then fetch again. Freshness is the latest-price cache's concern (it keeps the newest
     /// `ts_ms`), not a reason to lose history. A negative `max_skew_ms` is treated as 0.
     pub fn validate(&self, now_ms: i64, max_skew_ms: i64) -> Result<(), TradeError> {
-        if self.price <= Decimal::ZERO {
-            return Err(TradeError::NonPositivePrice(self.price));
-        }
-        if self.qty <= Decimal::ZERO {
-            return Err(TradeError::NonPositiveQty(self.qty));
-        }
-        if self.ts_ms < EARLIEST_TRADE_MS {
-            return Err(TradeError::BeforeEarliest { ts_ms: self.ts_ms });
-        }
-        let max_skew_ms = max_skew_ms.max(0);
-        if self.ts_ms > now_ms.saturating_add(max_skew_ms) {
-            return Err(TradeError::FromTheFuture {
-                ts_ms: self.ts_ms,
-                now_ms,
-                max_skew_ms,
-            });
-        }
-        Ok(())
+        validate_fields(self.price, self.qty, self.ts_ms, now_ms, max_skew_ms)
     }
 
     /// Price × quantity in the quote asset (what VWAP sums); `None` on overflow, which a validated
@@ -86,6 +69,35 @@ impl Trade {
     pub fn quote_qty(&self) -> Option<Decimal> {
         self.price.checked_mul(self.qty)
     }
+}
+
+/// The checks of [`Trade::validate`] on bare fields, so the ingest hot path can judge a trade
+/// borrowed from a frame without building a [`Trade`] (whose `Symbol` would allocate).
+pub fn validate_fields(
+    price: Decimal,
+    qty: Decimal,
+    ts_ms: i64,
+    now_ms: i64,
+    max_skew_ms: i64,
+) -> Result<(), TradeError> {
+    if price <= Decimal::ZERO {
+        return Err(TradeError::NonPositivePrice(price));
+    }
+    if qty <= Decimal::ZERO {
+        return Err(TradeError::NonPositiveQty(qty));
+    }
+    if ts_ms < EARLIEST_TRADE_MS {
+        return Err(TradeError::BeforeEarliest { ts_ms });
+    }
+    let max_skew_ms = max_skew_ms.max(0);
+    if ts_ms > now_ms.saturating_add(max_skew_ms) {
+        return Err(TradeError::FromTheFuture {
+            ts_ms,
+            now_ms,
+            max_skew_ms,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -65,12 +65,31 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     .start(shutdown)
     .await?;
 
+    let rest = pricefeed_broker::rest_client::RestClient::from_config(&cfg.broker)
+        .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?;
+    let ingest = crate::ingest::start(
+        crate::ingest::IngestDeps {
+            node_id: node_id.clone(),
+            feed: cfg.node.feed.clone(),
+            broker: cfg.broker.clone(),
+            redis: redis.clone(),
+            prefix: cfg.redis.key_prefix.clone(),
+        },
+        slices.clone(),
+        Arc::new(rest),
+        shutdown,
+    );
+    // Accepted trades go to history too; the writer drains on shutdown.
+    let writer =
+        pricefeed_store::trades::TradeWriter::spawn(db.clone(), cfg.trades.clone(), shutdown);
+    ingest.core.lock().unwrap().set_writer(writer);
     let state = AppState {
         db,
         node_id: Arc::from(node_id.as_str()),
         redis,
         key_prefix: Arc::from(cfg.redis.key_prefix.as_str()),
         slices,
+        ingest,
     };
     let router = build_router(state, readiness, cfg);
     telemetry::spawn_upkeep(shutdown);

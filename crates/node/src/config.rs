@@ -3,7 +3,7 @@
 
 use pricefeed_runtime::config::{
     BrokerConfig, ConfigError, DatabaseConfig, HttpConfig, RedisConfig, ShutdownConfig,
-    TelemetryConfig, Validate,
+    TelemetryConfig, TradesConfig, Validate,
 };
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,9 @@ pub struct NodeConfig {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub broker: BrokerConfig,
+    /// `[trades]`: the history writer fed by ingestion.
+    #[serde(default)]
+    pub trades: TradesConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
@@ -36,6 +39,112 @@ pub struct NodeSection {
     /// How often the published assignment is re-read, as a fallback to the pub/sub notice.
     #[serde(default = "default_assignment_poll_ms")]
     pub assignment_poll_ms: u64,
+    /// `[node.feed]`: the broker connector and ingest pipeline.
+    #[serde(default)]
+    pub feed: FeedConfig,
+}
+
+/// `[node.feed]`: broker WebSocket connections, trade ingest and latest-price publishing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// Streams per connection on spot and USD-M (the exchange allows 1024).
+    pub max_streams_per_conn: usize,
+    /// Streams per connection on options (the options docs say 200).
+    pub options_max_streams_per_conn: usize,
+    /// Streams per SUBSCRIBE/UNSUBSCRIBE message (batching keeps us under the message rate).
+    pub streams_per_request: usize,
+    /// Outgoing messages per rolling second per connection. The exchange cuts at more than 5 and
+    /// counts pongs too, so the default 4 leaves room for the automatic pong.
+    pub control_msgs_per_sec: usize,
+    /// No frame at all for this long (pings included), or no data for this long on a connection
+    /// whose rate promised at least 10 frames in that time, replaces the connection.
+    pub stall_timeout_ms: u64,
+    /// How long a node keeps a stream it lost in a new assignment, so the new owner is
+    /// subscribed before the old one lets go; also the longest a gained instrument waits for the
+    /// previous owner's release before going live.
+    pub handover_grace_ms: u64,
+    /// Reconnect backoff: first delay ceiling, doubling up to the max; equal jitter.
+    pub reconnect_backoff_min_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+    /// A connection that stayed up this long resets the backoff.
+    pub reconnect_reset_after_ms: u64,
+    /// Proactive replacement (with overlap) before the exchange's 24 h cut.
+    pub max_lifetime_ms: u64,
+    /// Latest prices are written to Redis (one pipeline + one PUBLISH) this often.
+    pub tick_flush_ms: u64,
+    /// Concurrent REST backfills per node.
+    pub backfill_concurrency: usize,
+    /// Accepted clock skew between the exchange and us when validating trade timestamps.
+    pub max_skew_ms: i64,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_conn: 1024,
+            options_max_streams_per_conn: 200,
+            streams_per_request: 200,
+            control_msgs_per_sec: 4,
+            stall_timeout_ms: 30_000,
+            handover_grace_ms: 2_000,
+            reconnect_backoff_min_ms: 250,
+            reconnect_backoff_max_ms: 30_000,
+            reconnect_reset_after_ms: 60_000,
+            max_lifetime_ms: 23 * 3_600_000,
+            tick_flush_ms: 20,
+            backfill_concurrency: 4,
+            max_skew_ms: 10_000,
+        }
+    }
+}
+
+impl FeedConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let k = |key: &str, msg: &str| Err(ConfigError::key(format!("node.feed.{key}"), msg));
+        if !(1..=1024).contains(&self.max_streams_per_conn) {
+            return k("max_streams_per_conn", "must be between 1 and 1024");
+        }
+        if !(1..=1024).contains(&self.options_max_streams_per_conn) {
+            return k("options_max_streams_per_conn", "must be between 1 and 1024");
+        }
+        if !(1..=1024).contains(&self.streams_per_request) {
+            return k("streams_per_request", "must be between 1 and 1024");
+        }
+        if !(1..=5).contains(&self.control_msgs_per_sec) {
+            return k("control_msgs_per_sec", "must be between 1 and 5");
+        }
+        if !(500..=600_000).contains(&self.stall_timeout_ms) {
+            return k("stall_timeout_ms", "must be between 500 and 600000");
+        }
+        if self.handover_grace_ms > 60_000 {
+            return k("handover_grace_ms", "must be at most 60000");
+        }
+        if !(10..=60_000).contains(&self.reconnect_backoff_min_ms) {
+            return k("reconnect_backoff_min_ms", "must be between 10 and 60000");
+        }
+        if self.reconnect_backoff_max_ms < self.reconnect_backoff_min_ms
+            || self.reconnect_backoff_max_ms > 600_000
+        {
+            return k(
+                "reconnect_backoff_max_ms",
+                "must be at least reconnect_backoff_min_ms and at most 600000",
+            );
+        }
+        if self.max_lifetime_ms < 10_000 {
+            return k("max_lifetime_ms", "must be at least 10000");
+        }
+        if !(1..=1_000).contains(&self.tick_flush_ms) {
+            return k("tick_flush_ms", "must be between 1 and 1000");
+        }
+        if !(1..=64).contains(&self.backfill_concurrency) {
+            return k("backfill_concurrency", "must be between 1 and 64");
+        }
+        if !(0..=600_000).contains(&self.max_skew_ms) {
+            return k("max_skew_ms", "must be between 0 and 600000");
+        }
+        Ok(())
+    }
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -81,9 +190,11 @@ impl Validate for NodeConfig {
                 "must be between 50 and 60000",
             ));
         }
+        self.node.feed.validate()?;
         self.database.validate()?;
         self.redis.validate()?;
         self.broker.validate()?;
+        self.trades.validate()?;
         self.telemetry.validate()?;
         self.shutdown.validate()
     }

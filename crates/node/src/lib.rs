@@ -6,9 +6,11 @@
 //! - [`api`]: the v1 REST routes and their OpenAPI description.
 //! - [`state`]: the state shared by handlers.
 //! - [`membership`]: registry heartbeat and the node's view of the slice assignment.
+//! - [`ingest`]: broker WS connector, trade pipeline, latest prices, gap backfill.
 
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod ingest;
 pub mod membership;
 pub mod state;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use pricefeed_domain::assignment::NodeId;
-use pricefeed_domain::instrument::Symbol;
+use pricefeed_domain::instrument::InstrumentKey;
 use pricefeed_runtime::shutdown::Shutdown;
 use pricefeed_store::assignment::{self as published, Published};
 use pricefeed_store::registry::{NodeRecord, Registry};
@@ -25,8 +25,8 @@ use tokio::sync::watch;
 pub struct SliceView {
     /// The newest published assignment seen; `None` before the first leader published.
     pub published: Option<Arc<Published>>,
-    /// The symbols this node owns under it, in symbol order.
-    pub my_slice: Arc<Vec<Symbol>>,
+    /// The instruments this node owns under it, in key order.
+    pub my_slice: Arc<Vec<InstrumentKey>>,
 }
 
 impl SliceView {
@@ -172,7 +172,7 @@ fn apply(tx: &watch::Sender<SliceView>, me: &NodeId, doc: Published) {
                 return false;
             }
         }
-        let slice: Vec<Symbol> = doc
+        let slice: Vec<InstrumentKey> = doc
             .owners
             .iter()
             .filter(|(_, n)| *n == me)

@@ -16,6 +16,8 @@ pub struct AppState {
     pub key_prefix: std::sync::Arc<str>,
     /// This node's view of the published assignment, kept current by [`crate::membership`].
     pub slices: watch::Receiver<SliceView>,
+    /// Ingest state (latest prices of the own slice, statistics, feed health).
+    pub ingest: crate::ingest::Ingest,
 }
 
 impl std::fmt::Debug for AppState {

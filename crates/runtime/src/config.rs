@@ -333,6 +333,66 @@ impl Validate for ShutdownConfig {
     }
 }
 
+/// `[trades]`: the batched trade-history writer (`pricefeed_store::trades::TradeWriter`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TradesConfig {
+    /// Rows per INSERT: bigger batches amortise the round trip (UNNEST, see rust-stack.md).
+    #[serde(default = "default_trades_batch_size")]
+    pub batch_size: usize,
+    /// Longest time a trade waits in a partial batch before it is written.
+    #[serde(default = "default_trades_flush_ms")]
+    pub flush_ms: u64,
+    /// Bounded queue between the ingest path and the writer; when full, trades are refused
+    /// (counted) rather than blocking ingestion, and REST reconciliation refills the history.
+    #[serde(default = "default_trades_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl Default for TradesConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: default_trades_batch_size(),
+            flush_ms: default_trades_flush_ms(),
+            queue_capacity: default_trades_queue_capacity(),
+        }
+    }
+}
+
+fn default_trades_batch_size() -> usize {
+    1_000
+}
+fn default_trades_flush_ms() -> u64 {
+    200
+}
+fn default_trades_queue_capacity() -> usize {
+    100_000
+}
+
+impl Validate for TradesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(ConfigError::key(
+                "trades.batch_size",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=60_000).contains(&self.flush_ms) {
+            return Err(ConfigError::key(
+                "trades.flush_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.queue_capacity < self.batch_size || self.queue_capacity > 10_000_000 {
+            return Err(ConfigError::key(
+                "trades.queue_capacity",
+                "must be at least trades.batch_size and at most 10000000",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[broker]`: where market data comes from. The defaults point at the local exchange simulator;
 /// switching to the real exchange is a change of these URLs only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -344,6 +404,19 @@ pub struct BrokerConfig {
     pub futures_ws_url: String,
     pub options_rest_url: String,
     pub options_ws_url: String,
+    /// TCP connect timeout of REST calls.
+    #[serde(default = "default_rest_connect_timeout_ms")]
+    pub rest_connect_timeout_ms: u64,
+    /// Total time one REST call may take (the exchange itself gives up after 10 s).
+    #[serde(default = "default_rest_timeout_ms")]
+    pub rest_timeout_ms: u64,
+}
+
+fn default_rest_connect_timeout_ms() -> u64 {
+    3_000
+}
+fn default_rest_timeout_ms() -> u64 {
+    15_000
 }
 
 impl Validate for BrokerConfig {
@@ -367,6 +440,20 @@ impl Validate for BrokerConfig {
             if !(v.starts_with("ws://") || v.starts_with("wss://")) {
                 return Err(ConfigError::key(k, "must start with ws:// or wss://"));
             }
+        }
+        if !(100..=60_000).contains(&self.rest_connect_timeout_ms) {
+            return Err(ConfigError::key(
+                "broker.rest_connect_timeout_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        if !(100..=120_000).contains(&self.rest_timeout_ms)
+            || self.rest_timeout_ms < self.rest_connect_timeout_ms
+        {
+            return Err(ConfigError::key(
+                "broker.rest_timeout_ms",
+                "must be between 100 and 120000 and at least broker.rest_connect_timeout_ms",
+            ));
         }
         Ok(())
     }
@@ -557,5 +644,41 @@ mod tests {
             smtp_password: 5,
         });
         assert_eq!(s, r#"{"jwt_secret":"***","smtp_password":"***"}"#);
+    }
+
+    #[test]
+    fn trades_and_broker_timeouts_validate_naming_the_key() {
+        assert!(TradesConfig::default().validate().is_ok());
+        let bad = TradesConfig {
+            queue_capacity: 10,
+            ..TradesConfig::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("trades.queue_capacity"), "{e}");
+        let bad = TradesConfig {
+            flush_ms: 0,
+            ..TradesConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("trades.flush_ms")
+        );
+        let broker = |connect, total| BrokerConfig {
+            spot_rest_url: "http://a".into(),
+            spot_ws_url: "ws://a".into(),
+            futures_rest_url: "http://a".into(),
+            futures_ws_url: "ws://a".into(),
+            options_rest_url: "http://a".into(),
+            options_ws_url: "ws://a".into(),
+            rest_connect_timeout_ms: connect,
+            rest_timeout_ms: total,
+        };
+        assert!(broker(3000, 15000).validate().is_ok());
+        let e = broker(3000, 1000).validate().unwrap_err().to_string();
+        assert!(e.contains("broker.rest_timeout_ms"), "{e}");
+        let e = broker(10, 1000).validate().unwrap_err().to_string();
+        assert!(e.contains("broker.rest_connect_timeout_ms"), "{e}");
     }
 }

@@ -7,6 +7,7 @@
 //! - [`shutdown`]: signal handling, cancellation and task tracking with a drain deadline.
 //! - [`http`]: the common middleware stack (request ids, spans, metrics) and the server loop.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
+//! - [`tls`]: the process-wide rustls crypto provider for `https://`/`wss://` broker URLs.
 
 pub mod config;
 pub mod http;
@@ -14,3 +15,4 @@ pub mod ops;
 pub mod problem;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

@@ -8,6 +8,7 @@ use pricefeed_runtime::{http, ops, problem, shutdown::Shutdown, telemetry};
 
 use crate::config::SchedulerConfig;
 use crate::leader::{LeaderLoop, LeaderStatus};
+use crate::sync::Syncer;
 
 /// Which role this process plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,18 @@ pub async fn start(
         }
         let holder = holder_id();
         tracing::info!(holder = %holder, "contending for the scheduler lease");
+        let rebalance_now = Arc::new(tokio::sync::Notify::new());
+        let client = pricefeed_broker::rest_client::RestClient::from_config(&cfg.broker)
+            .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?;
+        let syncer = Syncer {
+            client,
+            db: db.clone(),
+            redis: redis.clone(),
+            prefix: cfg.redis.key_prefix.clone(),
+            underlyings_every: Duration::from_millis(cfg.scheduler.sync_underlyings_ms),
+            derivatives_every: Duration::from_millis(cfg.scheduler.sync_derivatives_ms),
+            rebalance_now: rebalance_now.clone(),
+        };
         let leader = LeaderLoop {
             cfg: cfg.scheduler.clone(),
             db: db.clone(),
@@ -80,6 +93,9 @@ pub async fn start(
             prefix: cfg.redis.key_prefix.clone(),
             holder,
             status,
+            syncer: Some(syncer),
+            tracker: shutdown.tracker().clone(),
+            rebalance_now,
         };
         shutdown.tracker().spawn(leader.run(shutdown.token()));
     }

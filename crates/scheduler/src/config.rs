@@ -46,6 +46,12 @@ pub struct SchedulerSection {
     /// A node silent for longer than this is dead and loses its slice.
     #[serde(default = "default_node_dead_after_ms")]
     pub node_dead_after_ms: u64,
+    /// Period of the underlying (spot pair) sync.
+    #[serde(default = "default_sync_underlyings_ms")]
+    pub sync_underlyings_ms: u64,
+    /// Period of the derivative (USD-M futures and options) sync.
+    #[serde(default = "default_sync_derivatives_ms")]
+    pub sync_derivatives_ms: u64,
 }
 
 fn default_lease_ttl_ms() -> u64 {
@@ -55,10 +61,16 @@ fn default_lease_renew_ms() -> u64 {
     1_000
 }
 fn default_rebalance_ms() -> u64 {
-    1_000
+    500
 }
 fn default_node_dead_after_ms() -> u64 {
     3_000
+}
+fn default_sync_underlyings_ms() -> u64 {
+    300_000
+}
+fn default_sync_derivatives_ms() -> u64 {
+    60_000
 }
 
 impl SchedulerSection {
@@ -88,6 +100,16 @@ impl SchedulerSection {
                 "scheduler.node_dead_after_ms",
                 "must be between 200 and 600000",
             ));
+        }
+        // The lower bound keeps a misconfiguration from turning sync into a request flood
+        // (exchangeInfo weighs 20 on spot); the upper bound is a day.
+        for (key, v) in [
+            ("scheduler.sync_underlyings_ms", self.sync_underlyings_ms),
+            ("scheduler.sync_derivatives_ms", self.sync_derivatives_ms),
+        ] {
+            if !(200..=86_400_000).contains(&v) {
+                return Err(ConfigError::key(key, "must be between 200 and 86400000"));
+            }
         }
         Ok(())
     }

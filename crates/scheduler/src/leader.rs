@@ -19,9 +19,12 @@ use pricefeed_store::lease::Lease;
 use pricefeed_store::registry::Registry;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 use crate::config::SchedulerSection;
+use crate::sync::Syncer;
 
 /// What `/readyz` and the metrics show about leadership; shared with the HTTP side.
 #[derive(Debug, Default)]
@@ -76,6 +79,12 @@ pub struct LeaderLoop {
     pub prefix: String,
     pub holder: String,
     pub status: Arc<LeaderStatus>,
+    /// Instrument sync, started for each leadership term (`None`: no sync, e.g. in tests).
+    pub syncer: Option<Syncer>,
+    /// Where leader-only tasks (sync) are spawned, so shutdown waits for them.
+    pub tracker: TaskTracker,
+    /// Woken by the sync after a change: rebalance now instead of on the next tick.
+    pub rebalance_now: Arc<Notify>,
 }
 
 /// State held only while leading; dropped on losing the lease.
@@ -88,6 +97,8 @@ struct Leading {
     /// until then the last assignment is re-published unchanged, giving nodes time to re-register
     /// instead of being declared dead because the registry was wiped with everything else.
     rebuild_until: Option<Instant>,
+    /// Cancels this term's sync task when leadership ends (the struct is dropped).
+    _sync: Option<DropGuard>,
 }
 
 impl LeaderLoop {
@@ -114,7 +125,12 @@ impl LeaderLoop {
                 _ = lease_tick.tick() => {
                     leading = self.lease_step(&mut lease, leading, ttl).await;
                 }
-                _ = work_tick.tick(), if leading.is_some() => {
+                () = async {
+                    tokio::select! {
+                        _ = work_tick.tick() => {}
+                        () = self.rebalance_now.notified() => {}
+                    }
+                }, if leading.is_some() => {
                     if let Some(l) = leading.as_mut() {
                         // A renew older than the TTL means the lease may be someone else's now.
                         let deadline = ttl.saturating_sub(l.renewed_at.elapsed());
@@ -198,11 +214,18 @@ impl LeaderLoop {
                 }
                 tracing::info!(term, holder = %self.holder, "became leader");
                 self.status.set_leading(Some(term));
+                // Leader-only work runs under this term and stops when the guard drops.
+                let sync = self.syncer.clone().map(|s| {
+                    let token = CancellationToken::new();
+                    self.tracker.spawn(s.run(term, token.clone()));
+                    token.drop_guard()
+                });
                 Some(Leading {
                     term,
                     current: None,
                     renewed_at: started,
                     rebuild_until: None,
+                    _sync: sync,
                 })
             }
             Ok(None) => None,

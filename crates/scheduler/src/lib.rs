@@ -6,7 +6,9 @@
 //! - [`config`]: typed configuration of both roles.
 //! - [`app`]: wiring of dependencies, readiness and the ops HTTP listener.
 //! - [`leader`]: the lease loop and, while leading, the slice assignment.
+//! - [`sync`]: instrument sync from the broker's `exchangeInfo` (leader only).
 
 pub mod app;
 pub mod config;
 pub mod leader;
+pub mod sync;

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_tracing(&cfg.telemetry);
+    pricefeed_runtime::tls::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(cli, cfg)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@
 //! leader starts above both instead of going back to epoch 1, which nodes would take for stale.
 
 use pricefeed_domain::assignment::{Assignment, NodeId};
-use pricefeed_domain::instrument::Symbol;
+use pricefeed_domain::instrument::InstrumentKey;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ pub struct Published {
     /// same rule that decided the assignment.
     #[serde(default)]
     pub node_dead_after_ms: u64,
-    pub owners: BTreeMap<Symbol, NodeId>,
+    pub owners: BTreeMap<InstrumentKey, NodeId>,
 }
 
 impl Published {
@@ -120,7 +120,7 @@ pub async fn load_state(pool: &PgPool) -> Result<ClusterState, sqlx::Error> {
         .await?;
     Ok(match row {
         Some(r) => {
-            let owners: sqlx::types::Json<BTreeMap<Symbol, NodeId>> = r.try_get("owners")?;
+            let owners: sqlx::types::Json<BTreeMap<InstrumentKey, NodeId>> = r.try_get("owners")?;
             ClusterState {
                 assignment: Assignment {
                     epoch: r.try_get::<i64, _>("epoch")? as u64,
@@ -169,7 +169,10 @@ mod tests {
     fn a(epoch: u64, node: &str) -> Assignment {
         Assignment {
             epoch,
-            owners: BTreeMap::from([(Symbol::parse("BTCUSDT").unwrap(), NodeId::from(node))]),
+            owners: BTreeMap::from([(
+                InstrumentKey::parse("spot:BTCUSDT").unwrap(),
+                NodeId::from(node),
+            )]),
         }
     }
 

@@ -3,7 +3,9 @@
 //! Reads serve the API; writes (upserts, delisting marks) are the scheduler's instrument sync.
 //! Queries are runtime-checked (`sqlx::query`), so building needs no live database.
 
-use pricefeed_domain::instrument::{Derivative, DerivativeKind, Symbol, Underlying};
+use pricefeed_domain::instrument::{
+    Derivative, DerivativeKind, InstrumentKey, Market, Symbol, Underlying,
+};
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
@@ -138,19 +140,56 @@ pub async fn list_derivatives(
     rows.iter().map(derivative_from_row).collect()
 }
 
-/// Every symbol the cluster must subscribe to: tradable (`TRADING`, see
+/// Every instrument the cluster must subscribe to: tradable (`TRADING`, see
 /// [`pricefeed_domain::instrument::is_tradable_status`]) and not delisted, underlyings and
-/// derivatives alike, in symbol order. This is the instrument set the scheduler assigns to nodes.
-pub async fn tradable_symbols(pool: &PgPool) -> Result<Vec<Symbol>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT symbol FROM underlyings WHERE status = 'TRADING' AND delisted_at IS NULL \
-         UNION \
-         SELECT symbol FROM derivatives WHERE status = 'TRADING' AND delisted_at IS NULL \
-         ORDER BY 1",
+/// derivatives alike, in key order. Underlyings are `spot:` instruments; derivatives carry their
+/// `market` column (`usdm`, `options`), so a perpetual sharing its pair's symbol is a separate
+/// key. A derivative whose market this build does not know is skipped with a warning rather than
+/// failing the whole assignment. This is the instrument set the scheduler assigns to nodes.
+pub async fn tradable_symbols(pool: &PgPool) -> Result<Vec<InstrumentKey>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT 'spot', symbol FROM underlyings WHERE status = 'TRADING' AND delisted_at IS NULL \
+         UNION ALL \
+         SELECT market, symbol FROM derivatives WHERE status = 'TRADING' AND delisted_at IS NULL",
     )
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(|(s,)| sym(s)).collect()
+    let mut keys = Vec::with_capacity(rows.len());
+    for (market, symbol) in rows {
+        let Some(market) = Market::parse(&market) else {
+            tracing::warn!(
+                market,
+                symbol,
+                "derivative of an unknown market; not assigned"
+            );
+            continue;
+        };
+        keys.push(InstrumentKey::new(market, &sym(symbol)?));
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// The key of `symbol` on `market` if that instrument is known (listed, even if halted or
+/// delisted): the latest-price API uses it to tell "unknown instrument" from "no trade yet".
+pub async fn instrument_exists(pool: &PgPool, key: &InstrumentKey) -> Result<bool, sqlx::Error> {
+    let sql = match key.market() {
+        Market::Spot => "SELECT EXISTS (SELECT 1 FROM underlyings WHERE symbol = $1)",
+        m => {
+            return sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM derivatives WHERE symbol = $1 AND market = $2)",
+            )
+            .bind(key.symbol_str())
+            .bind(m.as_str())
+            .fetch_one(pool)
+            .await;
+        }
+    };
+    sqlx::query_scalar(sql)
+        .bind(key.symbol_str())
+        .fetch_one(pool)
+        .await
 }
 
 /// Inserts or refreshes an underlying; clears a delisting mark when it trades again.
@@ -279,6 +318,22 @@ mod tests {
         orphan.symbol = Symbol::parse("XRP-261225-1-C").unwrap();
         orphan.underlying = Symbol::parse("XRPUSDT").unwrap();
         assert!(upsert_derivative(&pool, &orphan).await.is_err());
+        let key = |s: &str| InstrumentKey::parse(s).unwrap();
+        assert!(
+            instrument_exists(&pool, &key("options:BTC-261225-90000-C"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !instrument_exists(&pool, &key("usdm:BTC-261225-90000-C"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            instrument_exists(&pool, &key("spot:ETHUSDT"))
+                .await
+                .unwrap()
+        );
 
         // Only tradable, non-delisted instruments are assigned to nodes.
         let mut halted = u("XRPUSDT");
@@ -288,10 +343,18 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
+        // The perpetual shares its pair's symbol; keys keep them apart.
+        let mut perp = opt.clone();
+        perp.symbol = Symbol::parse("BTCUSDT").unwrap();
+        perp.kind = DerivativeKind::Perpetual;
+        perp.market = "usdm".into();
+        perp.strike = None;
+        perp.option_side = None;
+        upsert_derivative(&pool, &perp).await.unwrap();
         let syms = tradable_symbols(&pool).await.unwrap();
         assert_eq!(
-            syms.iter().map(Symbol::as_str).collect::<Vec<_>>(),
-            ["BTC-261225-90000-C", "BTCUSDT"]
+            syms.iter().map(InstrumentKey::as_str).collect::<Vec<_>>(),
+            ["options:BTC-261225-90000-C", "spot:BTCUSDT", "usdm:BTCUSDT"]
         );
     }
 }

@@ -6,6 +6,8 @@
 //! - [`registry`]: node registry (records with a TTL, heartbeat times in a sorted set).
 //! - [`lease`]: the scheduler leader lease with a fencing term.
 //! - [`assignment`]: the published slice assignment (Redis) and its durable epoch (Postgres).
+//! - [`sync`]: instrument sync writes (whole catalogue per transaction, fenced by the term).
+//! - [`trades`]: the batched, idempotent trade-history writer.
 
 pub mod assignment;
 pub mod instruments;
@@ -13,6 +15,8 @@ pub mod lease;
 pub mod pg;
 pub mod redis_conn;
 pub mod registry;
+pub mod sync;
+pub mod trades;
 
 #[cfg(test)]
 mod redis_tests;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pricefeed_domain::assignment::NodeId;
-use pricefeed_domain::instrument::Symbol;
+use pricefeed_domain::instrument::InstrumentKey;
 use pricefeed_runtime::config::RedisConfig;
 use redis::aio::ConnectionManager;
 
@@ -75,7 +75,10 @@ async fn lease_is_exclusive_terms_increase_and_stale_terms_are_fenced() {
         epoch,
         term,
         node_dead_after_ms: 3000,
-        owners: BTreeMap::from([(Symbol::parse("BTCUSDT").unwrap(), NodeId::from("n1"))]),
+        owners: BTreeMap::from([(
+            InstrumentKey::parse("spot:BTCUSDT").unwrap(),
+            NodeId::from("n1"),
+        )]),
         ..Default::default()
     };
     assert!(assignment::publish(&mut cm, &p, &doc(t1, 1)).await.unwrap());

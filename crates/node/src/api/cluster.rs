@@ -4,8 +4,9 @@
 //!
 //! Node liveness uses the threshold published with the assignment (the leader's
 //! `scheduler.node_dead_after_ms`), so "alive" here means exactly what the scheduler acted on.
-//! Feed connection health is not reported yet: the feed connector does not exist yet, and a
-//! field that always says "healthy" would be worse than none.
+//! `feed` summarises the broker connections of the node answering (its own connections are all
+//! it can see first-hand); per-connection and per-instrument detail is at
+//! `GET /api/v1/cluster/ingest` on each node.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,6 +65,32 @@ pub struct ClusterView {
     pub instruments: usize,
     /// Of those, how many no node owns under the published assignment.
     pub unassigned: usize,
+    /// Broker feed health of the node answering.
+    pub feed: FeedSummary,
+}
+
+/// Broker WS connections of the node answering.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedSummary {
+    pub connections: usize,
+    pub connected: usize,
+    /// Longest time since the last frame over its connected connections; null when none.
+    pub max_last_frame_age_ms: Option<i64>,
+}
+
+fn feed_summary(st: &AppState) -> FeedSummary {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = crate::ingest::connector::now_ms();
+    let conns = st.ingest.health.lock().unwrap();
+    let connected: Vec<_> = conns.iter().filter(|h| h.connected.load(Relaxed)).collect();
+    FeedSummary {
+        connections: conns.len(),
+        connected: connected.len(),
+        max_last_frame_age_ms: connected
+            .iter()
+            .map(|h| (now - h.last_frame_ms.load(Relaxed)).max(0))
+            .max(),
+    }
 }
 
 /// Nodes, heartbeat ages, slice sizes, the assignment epoch and the scheduler leader.
@@ -131,5 +158,6 @@ async fn cluster(State(st): State<AppState>) -> Result<Json<ClusterView>, Proble
         nodes,
         instruments: symbols.len(),
         unassigned,
+        feed: feed_summary(&st),
     }))
 }

@@ -6,7 +6,9 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use pricefeed_domain::instrument::{Derivative, DerivativeKind, Symbol, Underlying};
+use pricefeed_domain::instrument::{
+    Derivative, DerivativeKind, InstrumentKey, Market, Symbol, Underlying,
+};
 use pricefeed_runtime::problem::Problem;
 use pricefeed_store::instruments::{self, DerivativeFilter};
 use rust_decimal::Decimal;
@@ -15,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::prices::{PriceDto, lookup};
 use super::{page_limit, query_problem};
 use crate::state::AppState;
 
@@ -40,6 +43,8 @@ pub struct UnderlyingDto {
     pub tick_size: Option<Decimal>,
     #[schema(value_type = Option<String>, example = "0.00001")]
     pub step_size: Option<Decimal>,
+    /// Latest trade of the spot pair; null before the first one.
+    pub price: Option<PriceDto>,
 }
 
 /// A derivative linked to its underlying.
@@ -62,6 +67,8 @@ pub struct DerivativeDto {
     pub option_side: Option<String>,
     pub status: String,
     pub listed: bool,
+    /// Latest trade; null before the first one.
+    pub price: Option<PriceDto>,
 }
 
 /// One underlying with its derivatives.
@@ -88,6 +95,7 @@ fn underlying_dto(u: Underlying, listed: bool) -> UnderlyingDto {
         listed,
         tick_size: u.tick_size,
         step_size: u.step_size,
+        price: None,
     }
 }
 
@@ -103,7 +111,43 @@ fn derivative_dto(d: Derivative, listed: bool) -> DerivativeDto {
         option_side: d.option_side,
         status: d.status,
         listed,
+        price: None,
     }
+}
+
+/// Fills the `price` of underlyings (spot keys) in one lookup.
+async fn with_underlying_prices(st: &AppState, items: &mut [UnderlyingDto]) -> Result<(), Problem> {
+    let keys: Vec<InstrumentKey> = items
+        .iter()
+        .filter_map(|u| Symbol::parse(&u.symbol).ok())
+        .map(|s| InstrumentKey::new(Market::Spot, &s))
+        .collect();
+    if keys.len() != items.len() {
+        return Ok(());
+    }
+    for (item, p) in items.iter_mut().zip(lookup(st, &keys).await?) {
+        item.price = p;
+    }
+    Ok(())
+}
+
+/// Fills the `price` of derivatives (keyed by their own market) in one lookup; a derivative of a
+/// market this build does not know keeps a null price.
+async fn with_derivative_prices(st: &AppState, items: &mut [DerivativeDto]) -> Result<(), Problem> {
+    let keyed: Vec<(usize, InstrumentKey)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let m = Market::parse(&d.market)?;
+            let s = Symbol::parse(&d.symbol).ok()?;
+            Some((i, InstrumentKey::new(m, &s)))
+        })
+        .collect();
+    let keys: Vec<InstrumentKey> = keyed.iter().map(|(_, k)| k.clone()).collect();
+    for ((i, _), p) in keyed.iter().zip(lookup(st, &keys).await?) {
+        items[*i].price = p;
+    }
+    Ok(())
 }
 
 fn page<T>(items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
@@ -145,10 +189,11 @@ async fn list_underlyings(
     let rows = instruments::list_underlyings(&st.db, q.cursor.as_deref(), limit)
         .await
         .map_err(|e| Problem::internal(&e))?;
-    let items = rows
+    let mut items: Vec<UnderlyingDto> = rows
         .into_iter()
         .map(|r| underlying_dto(r.inner, r.delisted_at.is_none()))
         .collect();
+    with_underlying_prices(&st, &mut items).await?;
     Ok(Json(page(items, limit, |u: &UnderlyingDto| {
         u.symbol.clone()
     })))
@@ -183,12 +228,17 @@ async fn get_underlying(
     )
     .await
     .map_err(|e| Problem::internal(&e))?;
+    let mut underlying = [underlying_dto(row.inner, row.delisted_at.is_none())];
+    with_underlying_prices(&st, &mut underlying).await?;
+    let mut derivatives: Vec<DerivativeDto> = derivs
+        .into_iter()
+        .map(|d| derivative_dto(d.inner, d.delisted_at.is_none()))
+        .collect();
+    with_derivative_prices(&st, &mut derivatives).await?;
+    let [underlying] = underlying;
     Ok(Json(UnderlyingDetail {
-        underlying: underlying_dto(row.inner, row.delisted_at.is_none()),
-        derivatives: derivs
-            .into_iter()
-            .map(|d| derivative_dto(d.inner, d.delisted_at.is_none()))
-            .collect(),
+        underlying,
+        derivatives,
     }))
 }
 
@@ -248,10 +298,11 @@ async fn list_derivatives(
     )
     .await
     .map_err(|e| Problem::internal(&e))?;
-    let items = rows
+    let mut items: Vec<DerivativeDto> = rows
         .into_iter()
         .map(|r| derivative_dto(r.inner, r.delisted_at.is_none()))
         .collect();
+    with_derivative_prices(&st, &mut items).await?;
     Ok(Json(page(items, limit, |d: &DerivativeDto| {
         d.symbol.clone()
     })))

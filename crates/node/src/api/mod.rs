@@ -4,8 +4,10 @@
 //! added in one place and cannot drift; `/api/v1/openapi.json` is generated from them.
 
 pub mod cluster;
+pub mod ingest;
 pub mod instruments;
 pub mod node;
+pub mod prices;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -27,6 +29,7 @@ use crate::state::AppState;
     ),
     tags(
         (name = "instruments", description = "Underlyings and derivatives"),
+        (name = "prices", description = "Latest trades"),
         (name = "cluster", description = "Nodes and their state"),
     )
 )]
@@ -39,7 +42,9 @@ pub fn router(state: AppState) -> Router {
             "/api/v1",
             instruments::router()
                 .merge(node::router())
-                .merge(cluster::router()),
+                .merge(cluster::router())
+                .merge(ingest::router())
+                .merge(prices::router()),
         )
         .split_for_parts();
     let api = api.with_state(state);

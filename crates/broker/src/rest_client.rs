@@ -1,0 +1,392 @@
+//! REST client for the three broker markets (spot `/api/v3`, USD-M futures `/fapi/v1`, options
+//! `/eapi/v1`): instrument catalogues (`exchangeInfo`) and trade history by id.
+//!
+//! What it guarantees, because the exchange bans IPs that keep calling after a 429:
+//! - every request has a connect timeout and a total timeout (reqwest has no total timeout by
+//!   default, and a hung sync must fail, not stall the leader);
+//! - a 429 or 418 answer records "banned until now + `Retry-After`" for that market, shared by
+//!   every clone of the client; until then calls fail at once with [`RestError::Banned`] and
+//!   **no request is sent**, so retries by any caller cannot escalate the ban (2 min → 3 days);
+//! - `X-MBX-USED-WEIGHT-1M` of the last answer is kept per market ([`RestClient::used_weight`]) and
+//!   exported as the gauge `pricefeed_rest_used_weight{market}`;
+//! - `{code,msg}` error bodies become [`RestError::Api`], anything unparsable a typed error with
+//!   the HTTP status, never a panic.
+//!
+//! Markets have separate hosts and separate limits on the exchange, so the ban state is per market.
+//!
+//! TLS: the workspace builds reqwest without a TLS backend (no `rustls-no-provider` + `ring` yet,
+//! see docs/decisions/0004), so `https://` URLs fail at request time with a transport error;
+//! `http://` (the simulator) works. Enabling TLS is a feature change in the workspace manifest
+//! plus installing the ring provider once in `main`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use pricefeed_domain::instrument::Market;
+use pricefeed_domain::instrument::Symbol;
+use pricefeed_domain::trade::Trade;
+use pricefeed_runtime::config::BrokerConfig;
+use serde::de::DeserializeOwned;
+
+use crate::rest::{
+    ApiError, FuturesExchangeInfo, OptionTrade, OptionsExchangeInfo, RestAggTrade, RestTrade,
+    SpotExchangeInfo,
+};
+
+/// Largest page the exchange serves for trade history.
+pub const MAX_TRADES_LIMIT: u16 = 1000;
+
+/// Used when a 429/418 carries no (or an unreadable) `Retry-After`: long enough not to hammer,
+/// short enough that a transient limit does not stall a sync period.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Index of a market's base URL and state (spot, usdm, options).
+fn idx(m: Market) -> usize {
+    match m {
+        Market::Spot => 0,
+        Market::Usdm => 1,
+        Market::Options => 2,
+    }
+}
+
+/// Why a REST call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestError {
+    /// Refused locally: an earlier 429/418 asked us to wait; nothing was sent.
+    #[error("{market} REST calls suspended for another {retry_after:?} (earlier 429/418)")]
+    Banned {
+        market: Market,
+        retry_after: Duration,
+    },
+    /// 429 (over the weight limit) or 418 (IP banned); calls stay suspended for `retry_after`.
+    #[error("{market} REST rate limited: HTTP {status}, retry after {retry_after:?}")]
+    RateLimited {
+        market: Market,
+        status: u16,
+        retry_after: Duration,
+        api: Option<ApiError>,
+    },
+    /// The exchange's `{code,msg}` error.
+    #[error("{market} REST HTTP {status}: {api}")]
+    Api {
+        market: Market,
+        status: u16,
+        api: ApiError,
+    },
+    /// A non-success status whose body is not `{code,msg}` (proxy page, empty 5xx body).
+    #[error("{market} REST HTTP {status}: {body}")]
+    Http {
+        market: Market,
+        status: u16,
+        body: String,
+    },
+    /// Connect, timeout or I/O failure.
+    #[error("{market} REST transport error: {source}")]
+    Transport {
+        market: Market,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A success status with a body that does not match the wire struct.
+    #[error("{market} REST bad payload from {path}: {detail}")]
+    Decode {
+        market: Market,
+        path: &'static str,
+        detail: String,
+    },
+    /// A caller error caught before sending (e.g. limit out of range).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl RestError {
+    /// How long the caller should wait before trying again, when the exchange said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RestError::Banned { retry_after, .. } | RestError::RateLimited { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+
+    /// Stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RestError::Banned { .. } => "banned",
+            RestError::RateLimited { .. } => "rate_limited",
+            RestError::Api { .. } => "api",
+            RestError::Http { .. } => "http",
+            RestError::Transport { .. } => "transport",
+            RestError::Decode { .. } => "decode",
+            RestError::InvalidRequest(_) => "invalid_request",
+        }
+    }
+}
+
+/// Per-market shared state: the ban deadline and the last reported weight.
+#[derive(Debug, Default)]
+struct MarketState {
+    banned_until: Mutex<Option<Instant>>,
+    /// `u64::MAX` = never reported.
+    used_weight: AtomicU64,
+}
+
+/// Timeouts of the HTTP client.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub total: Duration,
+}
+
+/// REST client of the three markets; cheap to clone, clones share the ban state.
+#[derive(Debug, Clone)]
+pub struct RestClient {
+    http: reqwest::Client,
+    base: Arc<[String; 3]>,
+    state: Arc<[MarketState; 3]>,
+}
+
+impl RestClient {
+    /// Builds a client from the `[broker]` section (`*_rest_url`, `rest_connect_timeout_ms`,
+    /// `rest_timeout_ms`).
+    pub fn from_config(cfg: &BrokerConfig) -> Result<Self, RestError> {
+        Self::new(
+            [
+                cfg.spot_rest_url.clone(),
+                cfg.futures_rest_url.clone(),
+                cfg.options_rest_url.clone(),
+            ],
+            Timeouts {
+                connect: Duration::from_millis(cfg.rest_connect_timeout_ms),
+                total: Duration::from_millis(cfg.rest_timeout_ms),
+            },
+        )
+    }
+
+    /// Builds a client from base URLs in [`Market::ALL`] order (spot, usdm, options).
+    pub fn new(base_urls: [String; 3], timeouts: Timeouts) -> Result<Self, RestError> {
+        // reqwest is built without a default crypto provider; make https:// usable here too,
+        // not only in binaries that remembered to install one.
+        pricefeed_runtime::tls::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.total)
+            .user_agent(concat!("pricefeed/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RestError::InvalidRequest(format!("cannot build HTTP client: {e}")))?;
+        let state = Arc::new(std::array::from_fn(|_| MarketState {
+            banned_until: Mutex::new(None),
+            used_weight: AtomicU64::new(u64::MAX),
+        }));
+        Ok(Self {
+            http,
+            base: Arc::new(base_urls.map(|u| u.trim_end_matches('/').to_string())),
+            state,
+        })
+    }
+
+    /// `X-MBX-USED-WEIGHT-1M` of the last answer from `market`, if any was seen.
+    pub fn used_weight(&self, market: Market) -> Option<u64> {
+        match self.state[idx(market)].used_weight.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            w => Some(w),
+        }
+    }
+
+    /// Time left until calls to `market` are allowed again (`None` = allowed now).
+    pub fn banned_for(&self, market: Market) -> Option<Duration> {
+        let until = *self.state[idx(market)]
+            .banned_until
+            .lock()
+            .expect("ban lock");
+        until
+            .and_then(|u| u.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// `GET /api/v3/exchangeInfo`.
+    pub async fn spot_exchange_info(&self) -> Result<SpotExchangeInfo, RestError> {
+        self.get(Market::Spot, "/api/v3/exchangeInfo", &[]).await
+    }
+
+    /// `GET /fapi/v1/exchangeInfo`.
+    pub async fn futures_exchange_info(&self) -> Result<FuturesExchangeInfo, RestError> {
+        self.get(Market::Usdm, "/fapi/v1/exchangeInfo", &[]).await
+    }
+
+    /// `GET /eapi/v1/exchangeInfo`.
+    pub async fn options_exchange_info(&self) -> Result<OptionsExchangeInfo, RestError> {
+        self.get(Market::Options, "/eapi/v1/exchangeInfo", &[])
+            .await
+    }
+
+    /// One page of trade history from `from_id` (inclusive; `None` = most recent), oldest first.
+    ///
+    /// - spot: `/api/v3/historicalTrades` (trade ids);
+    /// - usdm: `/fapi/v1/aggTrades?fromId=` — the futures feed is `@aggTrade`, so the ids the
+    ///   node sees (and dedups/backfills by) are aggregate ids; `trade_id` is the agg id here;
+    /// - options: `/eapi/v1/historicalTrades` (`tradeId`; `side` -1 = taker sell = buyer maker).
+    pub async fn historical_trades(
+        &self,
+        market: Market,
+        symbol: &Symbol,
+        from_id: Option<u64>,
+        limit: u16,
+    ) -> Result<Vec<Trade>, RestError> {
+        if !(1..=MAX_TRADES_LIMIT).contains(&limit) {
+            return Err(RestError::InvalidRequest(format!(
+                "limit {limit} outside 1..={MAX_TRADES_LIMIT}"
+            )));
+        }
+        let mut q: Vec<(&str, String)> = vec![
+            ("symbol", symbol.as_str().to_string()),
+            ("limit", limit.to_string()),
+        ];
+        if let Some(f) = from_id {
+            q.push(("fromId", f.to_string()));
+        }
+        let id = |path: &'static str, id: i64| {
+            u64::try_from(id).map_err(|_| RestError::Decode {
+                market,
+                path,
+                detail: format!("negative trade id {id}"),
+            })
+        };
+        match market {
+            Market::Spot => {
+                const P: &str = "/api/v3/historicalTrades";
+                let rows: Vec<RestTrade> = self.get(market, P, &q).await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(Trade {
+                            symbol: symbol.clone(),
+                            trade_id: id(P, r.id)?,
+                            price: r.price,
+                            qty: r.qty,
+                            ts_ms: r.time,
+                            buyer_is_maker: r.is_buyer_maker,
+                        })
+                    })
+                    .collect()
+            }
+            Market::Usdm => {
+                const P: &str = "/fapi/v1/aggTrades";
+                let rows: Vec<RestAggTrade> = self.get(market, P, &q).await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(Trade {
+                            symbol: symbol.clone(),
+                            trade_id: id(P, r.agg_id)?,
+                            price: r.price,
+                            qty: r.qty,
+                            ts_ms: r.time,
+                            buyer_is_maker: r.buyer_is_maker,
+                        })
+                    })
+                    .collect()
+            }
+            Market::Options => {
+                const P: &str = "/eapi/v1/historicalTrades";
+                let rows: Vec<OptionTrade> = self.get(market, P, &q).await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(Trade {
+                            symbol: symbol.clone(),
+                            trade_id: id(P, r.trade_id)?,
+                            price: r.price,
+                            qty: r.qty,
+                            ts_ms: r.time,
+                            buyer_is_maker: r.side < 0,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// One GET with the ban check, weight bookkeeping and error mapping.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        market: Market,
+        path: &'static str,
+        query: &[(&str, String)],
+    ) -> Result<T, RestError> {
+        if let Some(retry_after) = self.banned_for(market) {
+            return Err(RestError::Banned {
+                market,
+                retry_after,
+            });
+        }
+        let url = format!("{}{path}", self.base[idx(market)]);
+        let res = self
+            .http
+            .get(&url)
+            .query(query)
+            .send()
+            .await
+            .map_err(|source| RestError::Transport { market, source })?;
+        let status = res.status();
+        let st = &self.state[idx(market)];
+        if let Some(w) = res
+            .headers()
+            .get("x-mbx-used-weight-1m")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            st.used_weight.store(w, Ordering::Relaxed);
+            metrics::gauge!("pricefeed_rest_used_weight", "market" => market.as_str())
+                .set(w as f64);
+        }
+        let retry_after = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = res
+            .bytes()
+            .await
+            .map_err(|source| RestError::Transport { market, source })?;
+
+        if status.as_u16() == 429 || status.as_u16() == 418 {
+            let retry_after = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            {
+                let mut until = st.banned_until.lock().expect("ban lock");
+                let new = Instant::now() + retry_after;
+                // Never shorten a ban another caller already recorded.
+                if until.is_none_or(|u| u < new) {
+                    *until = Some(new);
+                }
+            }
+            metrics::counter!("pricefeed_rest_rate_limited_total", "market" => market.as_str(), "status" => status.as_u16().to_string()).increment(1);
+            tracing::warn!(%market, status = status.as_u16(), ?retry_after, "REST rate limited; suspending calls to this market");
+            return Err(RestError::RateLimited {
+                market,
+                status: status.as_u16(),
+                retry_after,
+                api: serde_json::from_slice(&body).ok(),
+            });
+        }
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ApiError>(&body) {
+                Ok(api) => RestError::Api {
+                    market,
+                    status: status.as_u16(),
+                    api,
+                },
+                Err(_) => RestError::Http {
+                    market,
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+                },
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| RestError::Decode {
+            market,
+            path,
+            detail: e.to_string(),
+        })
+    }
+}

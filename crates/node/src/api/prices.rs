@@ -1,0 +1,226 @@
+//! `GET /api/v1/prices/{symbol}` and `GET /api/v1/prices?symbols=`: the latest trade of any
+//! instrument, from any node.
+//!
+//! A symbol names the **spot** instrument unless `market=usdm|options` says otherwise (the USD-M
+//! perpetual `BTCUSDT` shares its pair's symbol; see docs/decisions/0005-instrument-keys.md).
+//! Reads never touch Postgres on the hit path: the node-local state answers for instruments
+//! this node ingests, Redis (`HGET`/`HMGET` on the price hash) for the rest. Only a miss asks
+//! Postgres, to tell an unknown instrument from one that has not traded yet: both are 404, with
+//! different problem types (`unknown-instrument`, `no-trade-yet`) so clients can tell them apart.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use pricefeed_domain::instrument::{InstrumentKey, Market, Symbol};
+use pricefeed_runtime::problem::Problem;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::query_problem;
+use crate::ingest::connector::now_ms;
+use crate::ingest::publish::{self, PriceDoc};
+use crate::state::AppState;
+
+/// Most symbols per batch request.
+pub const MAX_BATCH: usize = 500;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_price))
+        .routes(routes!(get_prices))
+}
+
+/// The latest trade of one instrument.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PriceDto {
+    /// `spot`, `usdm` or `options`.
+    #[schema(example = "spot")]
+    pub market: String,
+    #[schema(example = "BTCUSDT")]
+    pub symbol: String,
+    #[schema(value_type = String, example = "90000.01000000")]
+    pub price: Decimal,
+    #[schema(value_type = String, example = "0.00123000")]
+    pub qty: Decimal,
+    /// Broker trade id (aggregate id on USD-M).
+    pub trade_id: u64,
+    /// Trade time, ms since the epoch.
+    pub ts: i64,
+    /// Now minus `ts`, in ms (0 when our clock is behind the exchange's).
+    pub age_ms: i64,
+}
+
+impl PriceDto {
+    pub fn from_doc(d: PriceDoc, now_ms: i64) -> Self {
+        Self {
+            age_ms: (now_ms - d.ts).max(0),
+            market: d.market,
+            symbol: d.symbol,
+            price: d.price,
+            qty: d.qty,
+            trade_id: d.trade_id,
+            ts: d.ts,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct MarketParam {
+    /// `spot` (default), `usdm` or `options`.
+    #[param(pattern = "^(spot|usdm|options)$")]
+    market: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BatchParams {
+    /// Comma-separated symbols, at most 500.
+    symbols: String,
+    /// `spot` (default), `usdm` or `options`: the market of every symbol in the list.
+    #[param(pattern = "^(spot|usdm|options)$")]
+    market: Option<String>,
+}
+
+/// Several latest prices; instruments without a price are listed in `missing`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PricesDto {
+    pub items: Vec<PriceDto>,
+    /// Requested symbols that are unknown or have no trade yet.
+    pub missing: Vec<String>,
+}
+
+fn parse_market(m: Option<&str>) -> Result<Market, Problem> {
+    match m {
+        None => Ok(Market::Spot),
+        Some(s) => Market::parse(s)
+            .ok_or_else(|| Problem::bad_request("market", "market must be spot, usdm or options")),
+    }
+}
+
+/// Latest prices of `keys`, in order: local state for instruments this node ingests, one
+/// Redis HMGET for the others.
+pub async fn lookup(
+    st: &AppState,
+    keys: &[InstrumentKey],
+) -> Result<Vec<Option<PriceDto>>, Problem> {
+    let now = now_ms();
+    let mut out: Vec<Option<PriceDto>> = Vec::with_capacity(keys.len());
+    let mut remote: Vec<(usize, InstrumentKey)> = Vec::new();
+    {
+        let core = st.ingest.core.lock().unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            match core.latest(k) {
+                Some(l) => out.push(Some(PriceDto::from_doc(PriceDoc::new(k, &l), now))),
+                None => {
+                    out.push(None);
+                    remote.push((i, k.clone()));
+                }
+            }
+        }
+    }
+    if !remote.is_empty() {
+        let ks: Vec<InstrumentKey> = remote.iter().map(|(_, k)| k.clone()).collect();
+        let mut redis = st.redis.clone();
+        let docs = publish::read_prices(&mut redis, &st.key_prefix, &ks)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "price lookup: redis unavailable");
+                Problem::unavailable("redis unavailable")
+            })?;
+        for ((i, _), d) in remote.into_iter().zip(docs) {
+            out[i] = d.map(|d| PriceDto::from_doc(d, now));
+        }
+    }
+    Ok(out)
+}
+
+/// Latest trade of one instrument.
+#[utoipa::path(get, path = "/prices/{symbol}", tag = "prices",
+    params(("symbol" = String, Path, description = "Symbol, any case", example = "BTCUSDT"), MarketParam),
+    responses(
+        (status = 200, body = PriceDto),
+        (status = 400, description = "Malformed symbol or market", content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instrument (`unknown-instrument`) or no trade yet (`no-trade-yet`)", content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", content_type = "application/problem+json"),
+    ))]
+async fn get_price(
+    State(st): State<AppState>,
+    Path(symbol): Path<String>,
+    q: Result<Query<MarketParam>, QueryRejection>,
+) -> Result<Json<PriceDto>, Problem> {
+    let Query(q) = q.map_err(query_problem)?;
+    let market = parse_market(q.market.as_deref())?;
+    let symbol =
+        Symbol::parse(&symbol).map_err(|e| Problem::bad_request("symbol", e.to_string()))?;
+    let key = InstrumentKey::new(market, &symbol);
+    if let Some(p) = lookup(&st, std::slice::from_ref(&key)).await?.remove(0) {
+        return Ok(Json(p));
+    }
+    let known = pricefeed_store::instruments::instrument_exists(&st.db, &key)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Err(if known {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "no-trade-yet",
+            format!("{key} is listed but no trade has been seen yet"),
+        )
+    } else {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-instrument",
+            format!("unknown instrument {key}"),
+        )
+    })
+}
+
+/// Latest trades of up to 500 instruments of one market.
+#[utoipa::path(get, path = "/prices", tag = "prices", params(BatchParams),
+    responses(
+        (status = 200, body = PricesDto),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", content_type = "application/problem+json"),
+    ))]
+async fn get_prices(
+    State(st): State<AppState>,
+    q: Result<Query<BatchParams>, QueryRejection>,
+) -> Result<Json<PricesDto>, Problem> {
+    let Query(q) = q.map_err(query_problem)?;
+    let market = parse_market(q.market.as_deref())?;
+    let mut keys = Vec::new();
+    for s in q
+        .symbols
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let sym = Symbol::parse(s).map_err(|e| Problem::bad_request("symbols", e.to_string()))?;
+        let k = InstrumentKey::new(market, &sym);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    if keys.is_empty() || keys.len() > MAX_BATCH {
+        return Err(Problem::bad_request(
+            "symbols",
+            format!("symbols must list between 1 and {MAX_BATCH} symbols"),
+        ));
+    }
+    let found = lookup(&st, &keys).await?;
+    let mut items = Vec::new();
+    let mut missing = Vec::new();
+    for (k, p) in keys.iter().zip(found) {
+        match p {
+            Some(p) => items.push(p),
+            None => missing.push(k.symbol_str().to_string()),
+        }
+    }
+    Ok(Json(PricesDto { items, missing }))
+}

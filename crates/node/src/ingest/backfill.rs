@@ -1,0 +1,158 @@
+//! Gap backfill: fetches missing trade ids from the broker's REST history and feeds them through
+//! the same validation and dedup as WS trades.
+//!
+//! Bounded: at most `backfill_concurrency` gaps are fetched at once per node; each page is at
+//! most 1000 ids. Within the REST weight budget: the REST client refuses to send while a
+//! 429/418 ban is running (we wait it out), and we pause while the minute's used weight is above
+//! [`WEIGHT_PAUSE_AT`] so live backfills never push the IP into a ban.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use pricefeed_broker::rest_client::{RestClient, RestError};
+use pricefeed_domain::instrument::{Market, Symbol};
+use pricefeed_domain::trade::Trade;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::connector::now_ms;
+use super::state::{Core, GapJob};
+
+/// Pause backfill while the minute's used weight is above this (the exchange limit is 6000).
+pub const WEIGHT_PAUSE_AT: u64 = 4_800;
+
+/// Trade history by id: the broker REST client in production, a fake in tests.
+pub trait TradeHistory: Send + Sync + 'static {
+    /// Up to `limit` trades from `from_id` (inclusive), oldest first. For USD-M the ids are
+    /// aggregate ids, as on the `@aggTrade` stream.
+    fn historical_trades<'a>(
+        &'a self,
+        market: Market,
+        symbol: &'a Symbol,
+        from_id: u64,
+        limit: u16,
+    ) -> BoxFuture<'a, Result<Vec<Trade>, HistoryError>>;
+
+    /// How long to hold off before the next call on `market` (ban or weight budget).
+    fn hold_off(&self, _market: Market) -> Option<Duration> {
+        None
+    }
+}
+
+/// A failed history call: `retry_after` when the broker said when to come back.
+#[derive(Debug, Clone)]
+pub struct HistoryError {
+    pub msg: String,
+    pub retry_after: Option<Duration>,
+    /// Retrying cannot help (e.g. the ids are older than the broker keeps).
+    pub permanent: bool,
+}
+
+impl TradeHistory for RestClient {
+    fn historical_trades<'a>(
+        &'a self,
+        market: Market,
+        symbol: &'a Symbol,
+        from_id: u64,
+        limit: u16,
+    ) -> BoxFuture<'a, Result<Vec<Trade>, HistoryError>> {
+        Box::pin(async move {
+            RestClient::historical_trades(self, market, symbol, Some(from_id), limit)
+                .await
+                .map_err(|e: RestError| HistoryError {
+                    retry_after: e.retry_after(),
+                    // -1130: fromId older than the retained history; asking again cannot help.
+                    permanent: matches!(&e, RestError::Api { api, .. } if api.code == -1130),
+                    msg: e.to_string(),
+                })
+        })
+    }
+
+    fn hold_off(&self, market: Market) -> Option<Duration> {
+        if let Some(d) = self.banned_for(market) {
+            return Some(d);
+        }
+        (self.used_weight(market).unwrap_or(0) >= WEIGHT_PAUSE_AT).then(|| Duration::from_secs(1))
+    }
+}
+
+/// Runs gap jobs from `rx` with bounded concurrency until shutdown.
+pub async fn run(
+    mut rx: mpsc::UnboundedReceiver<GapJob>,
+    history: Arc<dyn TradeHistory>,
+    core: Arc<Mutex<Core>>,
+    concurrency: usize,
+    tracker: TaskTracker,
+    token: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    loop {
+        let job = tokio::select! {
+            () = token.cancelled() => return,
+            j = rx.recv() => match j { Some(j) => j, None => return },
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (history, core, token) = (history.clone(), core.clone(), token.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = fill(job, &*history, &core) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Pages through one gap until it is closed, the instrument left the slice, or retries run out.
+async fn fill(job: GapJob, history: &dyn TradeHistory, core: &Mutex<Core>) {
+    let market = job.key.market();
+    let symbol = job.key.symbol();
+    let end = *job.ids.end();
+    let mut from = *job.ids.start();
+    let mut failures = 0u32;
+    metrics::counter!("pricefeed_backfill_jobs_total", "market" => market.as_str()).increment(1);
+    while from <= end && core.lock().unwrap().still_missing(&job.key, &(from..=end)) {
+        if let Some(d) = history.hold_off(market) {
+            tokio::time::sleep(d).await;
+            continue;
+        }
+        let limit = (end - from + 1).min(1000) as u16;
+        match history
+            .historical_trades(market, &symbol, from, limit)
+            .await
+        {
+            Ok(trades) if trades.is_empty() => {
+                tracing::warn!(key = %job.key, from, end, "backfill: broker returned no trades; gap left open");
+                return;
+            }
+            Ok(trades) => {
+                failures = 0;
+                let last = trades.iter().map(|t| t.trade_id).max().unwrap_or(from);
+                let page: Vec<Trade> = trades.into_iter().filter(|t| t.trade_id <= end).collect();
+                let n = core.lock().unwrap().on_backfill(&job.key, &page, now_ms());
+                metrics::counter!("pricefeed_backfilled_trades_total", "market" => market.as_str())
+                    .increment(n);
+                from = last.max(from) + 1;
+            }
+            Err(e) if e.permanent => {
+                tracing::warn!(key = %job.key, from, end, error = e.msg, "backfill impossible; gap left open");
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures > 5 {
+                    tracing::warn!(key = %job.key, from, end, error = e.msg, "backfill gave up after retries; gap left open");
+                    return;
+                }
+                let wait = e
+                    .retry_after
+                    .unwrap_or(Duration::from_millis(250 << failures.min(6)));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}

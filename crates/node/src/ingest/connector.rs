@@ -1,0 +1,628 @@
+//! Broker WebSocket connector: per market, a manager task that lays the node's slice out over
+//! connections ([`super::plan::Planner`]), and one task per connection that keeps its socket
+//! alive and feeds every frame into the ingest state.
+//!
+//! A connection task, in a loop until shutdown or until its manager closes it:
+//! - connects to `<ws_url>/ws` and subscribes its streams in batched SUBSCRIBEs, every outgoing
+//!   message paced by a [`RollingLimiter`] (the exchange disconnects above 5 per second);
+//! - reads continuously, so tungstenite answers the server's pings (it only does while polled);
+//! - watchdog: no frame at all for `stall_timeout`, or a data silence that the connection's own
+//!   recent rate makes implausible, ends the session ("stall");
+//! - `serverShutdown` ends it and reconnects at once; any other end reconnects after a jittered
+//!   exponential backoff, reset once a session stayed up for `reconnect_reset_after`;
+//! - before `max_lifetime` it opens a replacement, subscribes it, then closes the old socket
+//!   (overlap: duplicates are dropped by trade id, nothing is missed);
+//! - every session end is logged once with its reason and counted in
+//!   `pricefeed_feed_disconnects_total{market,reason}`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use pricefeed_broker::ws::{FrameRef, WsMethod, decode_frame, render_request};
+use pricefeed_domain::instrument::Market;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::limits::{Backoff, RollingLimiter};
+use super::state::{Core, Verdict};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Settings shared by every connection of a market.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    pub market: Market,
+    /// Base URL, e.g. `ws://127.0.0.1:9100`; the connector appends `/ws`.
+    pub ws_url: String,
+    pub streams_per_request: usize,
+    pub msgs_per_sec: usize,
+    pub stall_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub reset_after: Duration,
+    pub max_lifetime: Duration,
+}
+
+/// Health of one connection, read by the cluster API and the metrics upkeep.
+#[derive(Debug)]
+pub struct ConnHealth {
+    pub market: Market,
+    pub conn: u64,
+    pub connected: AtomicBool,
+    /// Wall-clock ms of the last frame of any kind.
+    pub last_frame_ms: AtomicI64,
+    pub streams: AtomicUsize,
+    pub sessions: AtomicU64,
+}
+
+/// Every live connection of the node.
+pub type HealthRegistry = Arc<Mutex<Vec<Arc<ConnHealth>>>>;
+
+/// Commands from the market manager to a connection.
+#[derive(Debug)]
+pub enum Cmd {
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Why a session ended; the label of the disconnect metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Shutdown,
+    Retired,
+    ServerShutdown,
+    Stall,
+    ServerClosed,
+    Error,
+    ConnectFailed,
+}
+
+impl End {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Retired => "retired",
+            Self::ServerShutdown => "server_shutdown",
+            Self::Stall => "stall",
+            Self::ServerClosed => "server_closed",
+            Self::Error => "error",
+            Self::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
+/// Spawns a connection task carrying `streams`; returns its command sender.
+pub fn spawn_connection(
+    tracker: &TaskTracker,
+    token: CancellationToken,
+    settings: Arc<ConnSettings>,
+    core: Arc<Mutex<Core>>,
+    health: HealthRegistry,
+    conn: u64,
+    streams: Vec<String>,
+) -> mpsc::UnboundedSender<Cmd> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let h = Arc::new(ConnHealth {
+        market: settings.market,
+        conn,
+        connected: AtomicBool::new(false),
+        last_frame_ms: AtomicI64::new(0),
+        streams: AtomicUsize::new(streams.len()),
+        sessions: AtomicU64::new(0),
+    });
+    health.lock().unwrap().push(h.clone());
+    let task = Connection {
+        settings,
+        core,
+        health: h.clone(),
+        streams: streams.into_iter().collect(),
+        next_id: 1,
+        malformed_log: BurstLog::default(),
+    };
+    tracker.spawn(async move {
+        task.run(rx, token).await;
+        health.lock().unwrap().retain(|x| !Arc::ptr_eq(x, &h));
+    });
+    tx
+}
+
+/// "Logged at most once per burst": the first malformed frame after a quiet period is logged
+/// with how many were suppressed since the previous line.
+#[derive(Debug, Default)]
+struct BurstLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl BurstLog {
+    const QUIET: Duration = Duration::from_secs(10);
+
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < Self::QUIET => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+struct Connection {
+    settings: Arc<ConnSettings>,
+    core: Arc<Mutex<Core>>,
+    health: Arc<ConnHealth>,
+    streams: BTreeSet<String>,
+    next_id: u64,
+    malformed_log: BurstLog,
+}
+
+/// An open socket with its pacing and watchdog bookkeeping.
+struct Session {
+    ws: Ws,
+    limiter: RollingLimiter,
+    opened: Instant,
+    last_frame: Instant,
+    last_data: Instant,
+    data_frames: u64,
+    /// Frames read while waiting for the SUBSCRIBE acknowledgements, handled first.
+    backlog: Vec<Message>,
+}
+
+type Replacement = Pin<Box<dyn Future<Output = Result<Session, String>> + Send>>;
+
+impl Connection {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, token: CancellationToken) {
+        let s = self.settings.clone();
+        let market = s.market.as_str();
+        let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
+        loop {
+            let (end, detail, lasted) = match connect(
+                &s,
+                self.streams.iter().cloned().collect(),
+                &mut self.next_id,
+            )
+            .await
+            {
+                Ok(session) => {
+                    self.health.sessions.fetch_add(1, Ordering::Relaxed);
+                    self.health.connected.store(true, Ordering::Relaxed);
+                    metrics::gauge!("pricefeed_feed_connections", "market" => market)
+                        .increment(1.0);
+                    let opened = session.opened;
+                    let (end, detail) = self.session(session, &mut rx, &token).await;
+                    self.health.connected.store(false, Ordering::Relaxed);
+                    metrics::gauge!("pricefeed_feed_connections", "market" => market)
+                        .decrement(1.0);
+                    (end, detail, opened.elapsed())
+                }
+                Err(e) => (End::ConnectFailed, e, Duration::ZERO),
+            };
+            metrics::counter!("pricefeed_feed_disconnects_total", "market" => market, "reason" => end.label())
+                .increment(1);
+            match end {
+                End::Shutdown | End::Retired => {
+                    tracing::info!(
+                        market,
+                        conn = self.health.conn,
+                        reason = end.label(),
+                        "feed connection closed"
+                    );
+                    return;
+                }
+                _ => {}
+            }
+            if lasted >= s.reset_after {
+                backoff.reset();
+            }
+            let delay = if end == End::ServerShutdown {
+                // The exchange asks us to come back at once (to another server).
+                Duration::ZERO
+            } else {
+                backoff.next_delay()
+            };
+            tracing::warn!(
+                market,
+                conn = self.health.conn,
+                reason = end.label(),
+                detail,
+                lasted_ms = lasted.as_millis() as u64,
+                retry_in_ms = delay.as_millis() as u64,
+                "feed connection lost"
+            );
+            // Wait out the backoff while still taking slice changes, so the reconnect
+            // subscribes the current set.
+            let until = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep_until(until) => break,
+                    cmd = rx.recv() => match cmd {
+                        Some(c) => self.apply_local(c),
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+
+    fn apply_local(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Subscribe(v) => self.streams.extend(v),
+            Cmd::Unsubscribe(v) => {
+                for s in v {
+                    self.streams.remove(&s);
+                }
+            }
+        }
+        self.health
+            .streams
+            .store(self.streams.len(), Ordering::Relaxed);
+    }
+
+    async fn send_cmd(
+        &mut self,
+        sess: &mut Session,
+        method: WsMethod,
+        streams: &[String],
+    ) -> Result<(), String> {
+        for chunk in streams.chunks(self.settings.streams_per_request.max(1)) {
+            let params: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let id = self.next_id;
+            self.next_id += 1;
+            sess.limiter.acquire().await;
+            sess.ws
+                .send(Message::text(render_request(method, &params, id)))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn session(
+        &mut self,
+        mut sess: Session,
+        rx: &mut mpsc::UnboundedReceiver<Cmd>,
+        token: &CancellationToken,
+    ) -> (End, String) {
+        let s = self.settings.clone();
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replacement: Option<(Replacement, BTreeSet<String>)> = None;
+        if let Some(end) = self.drain_backlog(&mut sess) {
+            return end;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => {
+                    let _ = sess.ws.close(None).await;
+                    return (End::Shutdown, String::new());
+                }
+                frame = sess.ws.next() => {
+                    let now = Instant::now();
+                    sess.last_frame = now;
+                    self.health.last_frame_ms.store(now_ms(), Ordering::Relaxed);
+                    match frame {
+                        Some(Ok(Message::Text(t))) => {
+                            if self.on_text(t.as_bytes(), now, &mut sess) {
+                                return (End::ServerShutdown, "serverShutdown event".into());
+                            }
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            if self.on_text(&b, now, &mut sess) {
+                                return (End::ServerShutdown, "serverShutdown event".into());
+                            }
+                        }
+                        Some(Ok(Message::Close(c))) => {
+                            return (End::ServerClosed, c.map(|c| format!("{} {}", c.code, c.reason)).unwrap_or_default());
+                        }
+                        Some(Ok(_)) => {} // ping/pong: answered by tungstenite while we poll
+                        Some(Err(e)) => return (End::Error, e.to_string()),
+                        None => return (End::ServerClosed, "stream ended".into()),
+                    }
+                }
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else {
+                        let _ = sess.ws.close(None).await;
+                        return (End::Retired, String::new());
+                    };
+                    let (method, list) = match &cmd {
+                        Cmd::Subscribe(v) => (WsMethod::Subscribe, v.clone()),
+                        Cmd::Unsubscribe(v) => (WsMethod::Unsubscribe, v.clone()),
+                    };
+                    self.apply_local(cmd);
+                    if let Err(e) = self.send_cmd(&mut sess, method, &list).await {
+                        return (End::Error, e);
+                    }
+                }
+                res = async { replacement.as_mut().expect("guarded").0.as_mut().await }, if replacement.is_some() => {
+                    let (_, snapshot) = replacement.take().expect("guarded");
+                    match res {
+                        Ok(mut new) => {
+                            // Changes that arrived while the replacement subscribed.
+                            let add: Vec<String> = self.streams.difference(&snapshot).cloned().collect();
+                            let del: Vec<String> = snapshot.difference(&self.streams).cloned().collect();
+                            if !add.is_empty() && let Err(e) = self.send_cmd(&mut new, WsMethod::Subscribe, &add).await {
+                                tracing::warn!(error = e, "replacement connection failed; keeping the old one");
+                                continue;
+                            }
+                            if !del.is_empty() && let Err(e) = self.send_cmd(&mut new, WsMethod::Unsubscribe, &del).await {
+                                tracing::warn!(error = e, "replacement connection failed; keeping the old one");
+                                continue;
+                            }
+                            // The replacement has acknowledged its subscriptions: from here on it
+                            // sees every trade, so the old socket can go (overlap; duplicates
+                            // from both are dropped by trade id).
+                            let mut old = std::mem::replace(&mut sess, new);
+                            let _ = old.ws.close(None).await;
+                            if let Some(end) = self.drain_backlog(&mut sess) {
+                                return end;
+                            }
+                            self.health.sessions.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("pricefeed_feed_disconnects_total", "market" => s.market.as_str(), "reason" => "lifetime")
+                                .increment(1);
+                            tracing::info!(market = s.market.as_str(), conn = self.health.conn, reason = "lifetime", "feed connection rotated before its lifetime cut");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = e, "replacement connection failed; retrying later");
+                            // Retry after a backoff's worth of the lifetime check.
+                            sess.opened = Instant::now() - s.max_lifetime + s.backoff_max;
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    let now = Instant::now();
+                    if let Some(reason) = stalled(&sess, now, s.stall_timeout) {
+                        return (End::Stall, reason);
+                    }
+                    if replacement.is_none() && now.duration_since(sess.opened) >= s.max_lifetime {
+                        let snapshot = self.streams.clone();
+                        let settings = s.clone();
+                        let list: Vec<String> = snapshot.iter().cloned().collect();
+                        let mut id = self.next_id + 1_000_000;
+                        let fut: Replacement = Box::pin(async move { connect(&settings, list, &mut id).await });
+                        replacement = Some((fut, snapshot));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles the frames read during the subscription handshake.
+    fn drain_backlog(&mut self, sess: &mut Session) -> Option<(End, String)> {
+        let now = Instant::now();
+        for m in std::mem::take(&mut sess.backlog) {
+            let bytes: &[u8] = match &m {
+                Message::Text(t) => t.as_bytes(),
+                Message::Binary(b) => b,
+                _ => continue,
+            };
+            if self.on_text(bytes, now, sess) {
+                return Some((End::ServerShutdown, "serverShutdown event".into()));
+            }
+        }
+        None
+    }
+
+    /// Handles one text frame; true on `serverShutdown`.
+    fn on_text(&mut self, bytes: &[u8], now: Instant, sess: &mut Session) -> bool {
+        let market = self.settings.market;
+        match decode_frame(bytes) {
+            Ok(FrameRef::Trade(t)) => {
+                sess.last_data = now;
+                sess.data_frames += 1;
+                let v = self.core.lock().unwrap().on_ws_trade(market, &t, now_ms());
+                if let Verdict::Rejected(e) = v {
+                    metrics::counter!("pricefeed_feed_rejected_total", "market" => market.as_str(), "kind" => e.kind()).increment(1);
+                    if let Some(suppressed) = self.malformed_log.hit(now) {
+                        tracing::warn!(market = market.as_str(), symbol = t.symbol, trade_id = t.id, error = %e, suppressed, "trade rejected");
+                    }
+                }
+                false
+            }
+            Ok(FrameRef::ServerShutdown) => true,
+            Ok(FrameRef::Reply {
+                error: Some((code, msg)),
+            }) => {
+                tracing::warn!(
+                    market = market.as_str(),
+                    code,
+                    msg,
+                    "broker refused a request"
+                );
+                false
+            }
+            Ok(FrameRef::Reply { error: None } | FrameRef::Other) => false,
+            Err(e) => {
+                // Corrupt frames are data too (the exchange sent something in their place).
+                sess.last_data = now;
+                self.core.lock().unwrap().counters.malformed += 1;
+                metrics::counter!("pricefeed_feed_malformed_total", "market" => market.as_str(), "kind" => e.kind()).increment(1);
+                if let Some(suppressed) = self.malformed_log.hit(now) {
+                    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned();
+                    tracing::warn!(market = market.as_str(), error = %e, frame = head, suppressed, "malformed frame dropped");
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Whether the session looks dead: no frame at all (pings included) for `timeout`, or no data
+/// for `timeout` although the connection's average data rate promised at least 10 frames in
+/// that time (a silent stall with pings still flowing). Quiet connections, whose instruments
+/// trade a few times a minute, are not churned by the second rule.
+fn stalled(sess: &Session, now: Instant, timeout: Duration) -> Option<String> {
+    stall_reason(
+        sess.opened,
+        sess.last_frame,
+        sess.last_data,
+        sess.data_frames,
+        now,
+        timeout,
+    )
+}
+
+fn stall_reason(
+    opened: Instant,
+    last_frame: Instant,
+    last_data: Instant,
+    data_frames: u64,
+    now: Instant,
+    timeout: Duration,
+) -> Option<String> {
+    let silent = now.duration_since(last_frame);
+    if silent >= timeout {
+        return Some(format!("no frame for {} ms", silent.as_millis()));
+    }
+    let quiet = now.duration_since(last_data);
+    if quiet >= timeout {
+        let up = last_data.duration_since(opened).as_secs_f64().max(0.001);
+        let expected = data_frames as f64 / up * timeout.as_secs_f64();
+        if expected >= 10.0 {
+            return Some(format!(
+                "no data for {} ms (about {expected:.0} frames expected)",
+                quiet.as_millis()
+            ));
+        }
+    }
+    None
+}
+
+async fn connect(
+    s: &ConnSettings,
+    streams: Vec<String>,
+    next_id: &mut u64,
+) -> Result<Session, String> {
+    let url = format!("{}/ws", s.ws_url.trim_end_matches('/'));
+    // Trade frames are ~200 bytes; a 1 MiB cap stops a broken peer from making us buffer 64 MiB.
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(cfg), true),
+    )
+    .await
+    .map_err(|_| format!("connect to {url} timed out"))?
+    .map_err(|e| format!("connect to {url}: {e}"))?;
+    let now = Instant::now();
+    let mut sess = Session {
+        ws,
+        limiter: RollingLimiter::new(s.msgs_per_sec, Duration::from_secs(1)),
+        opened: now,
+        last_frame: now,
+        last_data: now,
+        data_frames: 0,
+        backlog: Vec::new(),
+    };
+    let mut requests = 0usize;
+    for chunk in streams.chunks(s.streams_per_request.max(1)) {
+        let params: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let id = *next_id;
+        *next_id += 1;
+        sess.limiter.acquire().await;
+        sess.ws
+            .send(Message::text(render_request(
+                WsMethod::Subscribe,
+                &params,
+                id,
+            )))
+            .await
+            .map_err(|e| format!("subscribe: {e}"))?;
+        requests += 1;
+    }
+    // Wait for the acknowledgements, so that "connected" means "receiving every subscribed
+    // stream" (a lifetime rotation closes the old socket only then). Frames read meanwhile are
+    // kept for the session; a broker that never acknowledges costs at most the timeout.
+    let acked = async {
+        let mut acks = 0;
+        while acks < requests {
+            match sess.ws.next().await {
+                Some(Ok(m)) => {
+                    let is_reply = match &m {
+                        Message::Text(t) => {
+                            matches!(decode_frame(t.as_bytes()), Ok(FrameRef::Reply { .. }))
+                        }
+                        _ => false,
+                    };
+                    if is_reply {
+                        acks += 1;
+                    } else {
+                        sess.backlog.push(m);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("while subscribing: {e}")),
+                None => return Err("closed while subscribing".to_string()),
+            }
+        }
+        Ok(())
+    };
+    if let Ok(r) = tokio::time::timeout(Duration::from_secs(5), acked).await {
+        r?;
+    }
+    // Subscribing can take a while on big slices; the watchdog counts from here.
+    let now = Instant::now();
+    sess.last_frame = now;
+    sess.last_data = now;
+    Ok(sess)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_frames_are_logged_once_per_burst() {
+        let t0 = Instant::now();
+        let mut log = BurstLog::default();
+        assert_eq!(log.hit(t0), Some(0));
+        for i in 1..100 {
+            assert_eq!(log.hit(t0 + Duration::from_millis(i)), None);
+        }
+        // After a quiet period, one line that says how many were suppressed.
+        assert_eq!(
+            log.hit(t0 + BurstLog::QUIET + Duration::from_millis(1)),
+            Some(99)
+        );
+    }
+
+    #[test]
+    fn stall_rules_spare_quiet_connections() {
+        let timeout = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_secs(60);
+        let s = Duration::from_secs;
+        // Pings flowing, a quiet connection (3 trades in 40 s): not a stall.
+        assert_eq!(stall_reason(t0, end, end - s(20), 3, end, timeout), None);
+        // Pings flowing, a busy connection gone silent: a stall.
+        let r = stall_reason(t0, end, end - s(3), 5_000, end, timeout).unwrap();
+        assert!(r.starts_with("no data for 3000 ms"), "{r}");
+        // Nothing at all for the timeout: a stall, whatever the rate.
+        let r = stall_reason(t0, end - timeout, end - s(30), 0, end, timeout).unwrap();
+        assert_eq!(r, "no frame for 2000 ms");
+        // Just under the timeout: fine.
+        let almost = end - timeout + Duration::from_millis(1);
+        assert_eq!(stall_reason(t0, almost, almost, 5_000, end, timeout), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! Redis side of ingest: the latest-price hash, the tick channel, the cluster-wide accepted
+//! counters and the handover markers, all written by one script call per flush tick.
+//!
+//! Keys (`{prefix}` = `redis.key_prefix`):
+//! - `{prefix}:prices` hash, field `market:SYMBOL`, value [`PriceDoc`] JSON. Written only when
+//!   the trade id is newer than the stored one (compared inside the script), so a stale owner
+//!   flushing late after a handover cannot overwrite a newer price.
+//! - `{prefix}:ticks` channel: one JSON array of the [`PriceDoc`]s that changed, per flush.
+//! - `{prefix}:ingest:accepted` / `{prefix}:ingest:first` hashes: trades accepted cluster-wide
+//!   per instrument and the lowest accepted id. Incremented in the same atomic script as the
+//!   price, so a node killed between flushes loses its unflushed count together with the price
+//!   advance, and the next owner (starting after the stored id) re-accepts exactly those trades.
+//! - `{prefix}:handover:market:SYMBOL`: "released at epoch E", set with the final flush of an
+//!   instrument this node lost; the new owner goes live when it sees it.
+//! - `{prefix}:feed:{node_id}` hash, field `market:conn` = last frame time (ms), rewritten every
+//!   second by the flush loop, expiring 10 s after the node stops (for the scheduler's
+//!   feed-health watch).
+
+use pricefeed_domain::instrument::InstrumentKey;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::state::{FlushEntry, Latest};
+
+/// A latest price as stored in Redis and published on the tick channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PriceDoc {
+    #[schema(example = "spot")]
+    pub market: String,
+    #[schema(example = "BTCUSDT")]
+    pub symbol: String,
+    #[schema(value_type = String, example = "90000.01000000")]
+    pub price: Decimal,
+    #[schema(value_type = String, example = "0.00123000")]
+    pub qty: Decimal,
+    pub trade_id: u64,
+    /// Trade time, ms since the epoch.
+    pub ts: i64,
+}
+
+impl PriceDoc {
+    pub fn new(key: &InstrumentKey, l: &Latest) -> Self {
+        Self {
+            market: key.market().as_str().to_string(),
+            symbol: key.symbol_str().to_string(),
+            price: l.price,
+            qty: l.qty,
+            trade_id: l.trade_id,
+            ts: l.ts_ms,
+        }
+    }
+}
+
+pub fn prices_key(prefix: &str) -> String {
+    format!("{prefix}:prices")
+}
+pub fn ticks_channel(prefix: &str) -> String {
+    format!("{prefix}:ticks")
+}
+pub fn accepted_key(prefix: &str) -> String {
+    format!("{prefix}:ingest:accepted")
+}
+pub fn first_key(prefix: &str) -> String {
+    format!("{prefix}:ingest:first")
+}
+pub fn handover_key(prefix: &str, key: &InstrumentKey) -> String {
+    format!("{prefix}:handover:{key}")
+}
+
+// KEYS: 1 prices, 2 accepted, 3 first, 4.. handover markers.
+// ARGV: 1 channel, 2 n entries, then 5 per entry (field, trade_id or '', json, delta, first or
+// ''), then one epoch per marker key.
+const FLUSH: &str = r"
+local n = tonumber(ARGV[2])
+local ticks = {}
+local i = 3
+for _ = 1, n do
+  local field, id, json, delta, first = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2], tonumber(ARGV[i+3]), ARGV[i+4]
+  i = i + 5
+  if delta > 0 then redis.call('HINCRBY', KEYS[2], field, delta) end
+  if first ~= '' then
+    local cur = redis.call('HGET', KEYS[3], field)
+    if (not cur) or tonumber(first) < tonumber(cur) then redis.call('HSET', KEYS[3], field, first) end
+  end
+  if id then
+    local newer = true
+    local cur = redis.call('HGET', KEYS[1], field)
+    if cur then
+      local ok, d = pcall(cjson.decode, cur)
+      if ok and type(d) == 'table' and d.trade_id and tonumber(d.trade_id) >= id then newer = false end
+    end
+    if newer then
+      redis.call('HSET', KEYS[1], field, json)
+      ticks[#ticks + 1] = json
+    end
+  end
+end
+for k = 4, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[i], 'PX', 600000)
+  i = i + 1
+end
+if #ticks > 0 then redis.call('PUBLISH', ARGV[1], '[' .. table.concat(ticks, ',') .. ']') end
+return #ticks
+";
+
+/// Writes one flush tick; returns how many prices were newer than Redis' (and published).
+pub async fn flush(
+    conn: &mut ConnectionManager,
+    script: &Script,
+    prefix: &str,
+    entries: &[FlushEntry],
+    released: &[(InstrumentKey, u64)],
+) -> redis::RedisResult<i64> {
+    let mut inv = script.prepare_invoke();
+    inv.key(prices_key(prefix))
+        .key(accepted_key(prefix))
+        .key(first_key(prefix));
+    for (k, _) in released {
+        inv.key(handover_key(prefix, k));
+    }
+    inv.arg(ticks_channel(prefix)).arg(entries.len());
+    for e in entries {
+        inv.arg(e.key.as_str());
+        match &e.latest {
+            Some(l) => {
+                let json = serde_json::to_string(&PriceDoc::new(&e.key, l))
+                    .expect("price documents serialize");
+                inv.arg(l.trade_id).arg(json);
+            }
+            None => {
+                inv.arg("").arg("");
+            }
+        }
+        inv.arg(e.accepted);
+        match e.first_id {
+            Some(f) => inv.arg(f),
+            None => inv.arg(""),
+        };
+    }
+    for (_, epoch) in released {
+        inv.arg(*epoch);
+    }
+    inv.invoke_async(conn).await
+}
+
+/// What Redis knows about a pending instrument: the release marker's epoch and the stored
+/// latest trade id.
+pub async fn handover_state(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    keys: &[InstrumentKey],
+) -> redis::RedisResult<Vec<(Option<u64>, Option<u64>)>> {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        // Marker first: the price written with it is then at least as new as the marker.
+        pipe.get(handover_key(prefix, k));
+        pipe.hget(prices_key(prefix), k.as_str());
+    }
+    let raw: Vec<Option<String>> = pipe.query_async(conn).await?;
+    Ok(raw
+        .chunks(2)
+        .map(|c| {
+            let marker = c[0].as_deref().and_then(|s| s.parse().ok());
+            let last = c[1]
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<PriceDoc>(s).ok())
+                .map(|d| d.trade_id);
+            (marker, last)
+        })
+        .collect())
+}
+
+pub fn flush_script() -> Script {
+    Script::new(FLUSH)
+}
+
+/// Reads stored prices for `keys` (one HMGET).
+pub async fn read_prices(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    keys: &[InstrumentKey],
+) -> redis::RedisResult<Vec<Option<PriceDoc>>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(prices_key(prefix));
+    for k in keys {
+        cmd.arg(k.as_str());
+    }
+    let raw: Vec<Option<String>> = cmd.query_async(conn).await?;
+    Ok(raw
+        .into_iter()
+        .map(|v| v.and_then(|s| serde_json::from_str(&s).ok()))
+        .collect())
+}

@@ -1,0 +1,624 @@
+//! The per-instrument ingest state of one node: dedup trackers, latest prices, statistics, and
+//! the bookkeeping of handovers. Everything the trade path touches lives here, behind one mutex
+//! held for microseconds per frame (connections of a market rarely contend: a node has one or a
+//! few per market, and the mutex is never held across an `.await`).
+//!
+//! Life of an instrument on this node:
+//! 1. **Pending** when the slice gains it: its WS trades are not accepted yet, because the
+//!    previous owner may still be accepting (nodes learn an assignment at slightly different
+//!    times). It becomes live once the previous owner has released it (a marker written
+//!    atomically with its final price flush), at once when the previous owner is gone (dead
+//!    node), or after the handover grace. Its tracker then starts after the trade id recorded in
+//!    Redis, so trades the previous owner accepted are duplicates here, and the ids in between
+//!    are a gap that REST backfill fills. That is what makes "accepted exactly once across the
+//!    cluster" hold through handovers.
+//! 2. **Live**: WS and backfilled trades go through the same [`SeqTracker`].
+//! 3. **Released** when the slice loses it: removed at once (no more acceptance), its last
+//!    unflushed price and counts are flushed together with the release marker.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+
+use pricefeed_broker::ws::TradeRef;
+use pricefeed_domain::instrument::{InstrumentKey, Market};
+use pricefeed_domain::sequence::{Observed, SeqConfig, SeqTracker};
+use pricefeed_domain::trade::{Trade, TradeError, validate_fields};
+use pricefeed_store::trades::TradeWriterHandle;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+pub(crate) fn market_index(m: Market) -> usize {
+    match m {
+        Market::Spot => 0,
+        Market::Usdm => 1,
+        Market::Options => 2,
+    }
+}
+
+/// The latest accepted trade of an instrument (by trade id, not arrival order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latest {
+    pub price: Decimal,
+    pub qty: Decimal,
+    pub trade_id: u64,
+    pub ts_ms: i64,
+}
+
+/// Counters of one instrument on this node, since it was last gained.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct InstrumentStats {
+    /// Trades accepted (WS and backfill), each trade id at most once.
+    pub accepted: u64,
+    pub first_id: Option<u64>,
+    pub last_id: Option<u64>,
+    /// Of `accepted`, how many came from REST backfill.
+    pub backfilled: u64,
+    pub duplicates: u64,
+    /// Ids too old for the tracker to vouch for (dropped).
+    pub stale: u64,
+    /// Trades that failed validation.
+    pub rejected: u64,
+    /// WS trades seen while the instrument was pending a handover (recovered by backfill).
+    pub pending_dropped: u64,
+    /// Ids reported missing and not backfilled yet.
+    pub missing: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Gained at `epoch`; `prev_gone` when the previous owner left the cluster (no release
+    /// marker will come); live at the latest at `deadline`.
+    Pending {
+        epoch: u64,
+        prev_gone: bool,
+        deadline: Instant,
+    },
+    Live,
+}
+
+#[derive(Debug)]
+struct Instr {
+    key: InstrumentKey,
+    phase: Phase,
+    tracker: SeqTracker,
+    latest: Option<Latest>,
+    /// `latest` changed since the last flush.
+    dirty: bool,
+    /// Accepted since the last flush (for the cluster-wide counters in Redis).
+    unflushed: u64,
+    unflushed_first: Option<u64>,
+    stats: InstrumentStats,
+}
+
+/// A gap to fetch from REST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapJob {
+    pub key: InstrumentKey,
+    pub ids: RangeInclusive<u64>,
+}
+
+/// What the flush task writes to Redis for one instrument.
+#[derive(Debug, Clone)]
+pub struct FlushEntry {
+    pub key: InstrumentKey,
+    pub latest: Option<Latest>,
+    pub accepted: u64,
+    pub first_id: Option<u64>,
+}
+
+/// One tick's worth of Redis work.
+#[derive(Debug, Default)]
+pub struct FlushBatch {
+    pub entries: Vec<FlushEntry>,
+    /// Released instruments and the epoch at which they were released (marker value).
+    pub released: Vec<(InstrumentKey, u64)>,
+    pub gaps: Vec<GapJob>,
+    /// Accepted trades per market since the last flush (metrics).
+    pub accepted_by_market: [u64; 3],
+}
+
+/// A pending instrument the flush task should try to make live.
+#[derive(Debug, Clone)]
+pub struct PendingCheck {
+    pub key: InstrumentKey,
+    pub epoch: u64,
+    /// Previous owner gone or grace over: go live with whatever Redis says.
+    pub force: bool,
+}
+
+/// Outcome of one WS trade, for the caller's logging and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Duplicate,
+    Stale,
+    Rejected(TradeError),
+    /// Not in this node's slice (e.g. a released stream during its grace).
+    NotOwned,
+    Pending,
+}
+
+/// Node-wide counters that are not per instrument.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct NodeCounters {
+    pub not_owned: u64,
+    pub malformed: u64,
+}
+
+/// All ingest state of the node.
+#[derive(Debug)]
+pub struct Core {
+    /// Per market, keyed by the exchange symbol as it appears in frames, so a frame's borrowed
+    /// `s` finds its instrument without allocating.
+    markets: [HashMap<Box<str>, Instr>; 3],
+    seq: SeqConfig,
+    max_skew_ms: i64,
+    released: Vec<(InstrumentKey, u64)>,
+    released_entries: Vec<FlushEntry>,
+    gaps: Vec<GapJob>,
+    accepted_by_market: [u64; 3],
+    /// Trade history writer; `None` when history is not written by this process (tests).
+    writer: Option<TradeWriterHandle>,
+    pub counters: NodeCounters,
+}
+
+impl Core {
+    pub fn new(seq: SeqConfig, max_skew_ms: i64) -> Self {
+        Self {
+            markets: Default::default(),
+            seq,
+            max_skew_ms,
+            released: Vec::new(),
+            released_entries: Vec::new(),
+            gaps: Vec::new(),
+            accepted_by_market: [0; 3],
+            writer: None,
+            counters: NodeCounters::default(),
+        }
+    }
+
+    /// Sends every accepted trade (WS and backfill) to the history writer from now on.
+    pub fn set_writer(&mut self, writer: TradeWriterHandle) {
+        self.writer = Some(writer);
+    }
+
+    fn get(&self, key: &InstrumentKey) -> Option<&Instr> {
+        self.markets[market_index(key.market())].get(key.symbol_str())
+    }
+
+    fn get_mut(&mut self, key: &InstrumentKey) -> Option<&mut Instr> {
+        self.markets[market_index(key.market())].get_mut(key.symbol_str())
+    }
+
+    /// Installs the slice `owned` learned at `epoch`: new instruments start pending, lost ones
+    /// are released. `prev_gone(key)` says whether the instrument's previous owner left the
+    /// cluster. Returns (gained, lost) counts.
+    pub fn sync_slice(
+        &mut self,
+        owned: &[InstrumentKey],
+        epoch: u64,
+        prev_gone: impl Fn(&InstrumentKey) -> bool,
+        deadline: Instant,
+    ) -> (usize, usize) {
+        let wanted: std::collections::HashSet<&InstrumentKey> = owned.iter().collect();
+        let mut lost = 0;
+        for map in &mut self.markets {
+            let gone: Vec<Box<str>> = map
+                .iter()
+                .filter(|(_, i)| !wanted.contains(&i.key))
+                .map(|(s, _)| s.clone())
+                .collect();
+            for s in gone {
+                let i = map.remove(&s).expect("listed");
+                lost += 1;
+                // A pending instrument never accepted anything: nothing to hand over, and
+                // writing a marker would tell the next owner the wrong story.
+                if i.phase == Phase::Live {
+                    self.released_entries.push(FlushEntry {
+                        key: i.key.clone(),
+                        latest: i.dirty.then_some(i.latest).flatten(),
+                        accepted: i.unflushed,
+                        first_id: i.unflushed_first,
+                    });
+                    self.released.push((i.key, epoch));
+                }
+            }
+        }
+        let mut gained = 0;
+        for key in owned {
+            let map = &mut self.markets[market_index(key.market())];
+            if map.contains_key(key.symbol_str()) {
+                continue;
+            }
+            gained += 1;
+            map.insert(
+                key.symbol_str().into(),
+                Instr {
+                    key: key.clone(),
+                    phase: Phase::Pending {
+                        epoch,
+                        prev_gone: prev_gone(key),
+                        deadline,
+                    },
+                    tracker: SeqTracker::new(self.seq),
+                    latest: None,
+                    dirty: false,
+                    unflushed: 0,
+                    unflushed_first: None,
+                    stats: InstrumentStats::default(),
+                },
+            );
+        }
+        (gained, lost)
+    }
+
+    /// Pending instruments the flush task should resolve now.
+    pub fn pending_checks(&self, now: Instant) -> Vec<PendingCheck> {
+        self.markets
+            .iter()
+            .flat_map(|m| m.values())
+            .filter_map(|i| match i.phase {
+                Phase::Pending {
+                    epoch,
+                    prev_gone,
+                    deadline,
+                } => Some(PendingCheck {
+                    key: i.key.clone(),
+                    epoch,
+                    force: prev_gone || now >= deadline,
+                }),
+                Phase::Live => None,
+            })
+            .collect()
+    }
+
+    /// Makes a pending instrument live, its tracker starting after `last_id` (the last trade id
+    /// accepted anywhere in the cluster, from Redis), or fresh when there is none. Returns false
+    /// when it is no longer pending for `epoch` (lost or re-gained meanwhile).
+    pub fn go_live(&mut self, key: &InstrumentKey, epoch: u64, last_id: Option<u64>) -> bool {
+        let seq = self.seq;
+        let Some(i) = self.get_mut(key) else {
+            return false;
+        };
+        match i.phase {
+            Phase::Pending { epoch: e, .. } if e == epoch => {}
+            _ => return false,
+        }
+        i.tracker = match last_id {
+            Some(last) => SeqTracker::starting_after(last, seq),
+            None => SeqTracker::new(seq),
+        };
+        i.phase = Phase::Live;
+        true
+    }
+
+    /// One trade from a WS frame of `market`.
+    pub fn on_ws_trade(&mut self, market: Market, t: &TradeRef<'_>, now_ms: i64) -> Verdict {
+        let m = market_index(market);
+        let Some(i) = self.markets[m].get_mut(t.symbol) else {
+            self.counters.not_owned += 1;
+            return Verdict::NotOwned;
+        };
+        if i.phase != Phase::Live {
+            i.stats.pending_dropped += 1;
+            return Verdict::Pending;
+        }
+        if let Err(e) = validate_fields(t.price, t.qty, t.ts_ms, now_ms, self.max_skew_ms) {
+            i.stats.rejected += 1;
+            return Verdict::Rejected(e);
+        }
+        let v = observe(i, t.id, t.price, t.qty, t.ts_ms, &mut self.gaps, false);
+        if v == Verdict::Accepted {
+            self.accepted_by_market[m] += 1;
+            if let Some(w) = &self.writer {
+                // History needs an owned trade; this is the only per-trade allocation, and only
+                // when a writer is attached. A full queue is counted by the writer and refilled
+                // by REST reconciliation, never waited for.
+                let trade = Trade {
+                    symbol: i.key.symbol(),
+                    trade_id: t.id,
+                    price: t.price,
+                    qty: t.qty,
+                    ts_ms: t.ts_ms,
+                    buyer_is_maker: t.buyer_is_maker,
+                };
+                let _ = w.try_send(market.as_str(), &trade);
+            }
+        }
+        v
+    }
+
+    /// Trades fetched by backfill for `key`; they pass the same validation and dedup. Returns
+    /// how many were accepted.
+    pub fn on_backfill(&mut self, key: &InstrumentKey, trades: &[Trade], now_ms: i64) -> u64 {
+        let m = market_index(key.market());
+        let skew = self.max_skew_ms;
+        let Some(i) = self.markets[m].get_mut(key.symbol_str()) else {
+            return 0;
+        };
+        if i.phase != Phase::Live {
+            return 0;
+        }
+        let mut n = 0;
+        for t in trades {
+            if validate_fields(t.price, t.qty, t.ts_ms, now_ms, skew).is_err() {
+                i.stats.rejected += 1;
+                continue;
+            }
+            if observe(i, t.trade_id, t.price, t.qty, t.ts_ms, &mut self.gaps, true)
+                == Verdict::Accepted
+            {
+                n += 1;
+                if let Some(w) = &self.writer {
+                    let _ = w.try_send(key.market().as_str(), t);
+                }
+            }
+        }
+        self.accepted_by_market[m] += n;
+        n
+    }
+
+    /// Whether `ids` of `key` still has anything missing (backfill stops paging when not).
+    pub fn still_missing(&self, key: &InstrumentKey, ids: &RangeInclusive<u64>) -> bool {
+        self.get(key).is_some_and(|i| {
+            i.tracker
+                .pending_gaps()
+                .any(|g| g.start() <= ids.end() && ids.start() <= g.end())
+        })
+    }
+
+    /// Takes everything the flush task must write, clearing dirty flags and deltas.
+    pub fn take_flush(&mut self) -> FlushBatch {
+        let mut entries = std::mem::take(&mut self.released_entries);
+        for i in self.markets.iter_mut().flat_map(|m| m.values_mut()) {
+            if i.dirty || i.unflushed > 0 {
+                entries.push(FlushEntry {
+                    key: i.key.clone(),
+                    latest: i.dirty.then_some(i.latest).flatten(),
+                    accepted: i.unflushed,
+                    first_id: i.unflushed_first,
+                });
+                i.dirty = false;
+                i.unflushed = 0;
+                i.unflushed_first = None;
+            }
+        }
+        FlushBatch {
+            entries,
+            released: std::mem::take(&mut self.released),
+            gaps: std::mem::take(&mut self.gaps),
+            accepted_by_market: std::mem::take(&mut self.accepted_by_market),
+        }
+    }
+
+    pub fn latest(&self, key: &InstrumentKey) -> Option<Latest> {
+        self.get(key).and_then(|i| i.latest)
+    }
+
+    /// Whether `key` is in this node's slice (live or pending).
+    pub fn owns(&self, key: &InstrumentKey) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn is_live(&self, key: &InstrumentKey) -> bool {
+        self.get(key).is_some_and(|i| i.phase == Phase::Live)
+    }
+
+    /// Per-instrument statistics, in key order.
+    pub fn stats(&self) -> Vec<(InstrumentKey, bool, InstrumentStats)> {
+        let mut v: Vec<_> = self
+            .markets
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|i| {
+                let mut s = i.stats.clone();
+                s.missing = i.tracker.missing();
+                (i.key.clone(), i.phase == Phase::Live, s)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn instruments(&self) -> usize {
+        self.markets.iter().map(HashMap::len).sum()
+    }
+}
+
+fn observe(
+    i: &mut Instr,
+    id: u64,
+    price: Decimal,
+    qty: Decimal,
+    ts_ms: i64,
+    gaps: &mut Vec<GapJob>,
+    backfill: bool,
+) -> Verdict {
+    match i.tracker.observe(id) {
+        Observed::Duplicate => {
+            i.stats.duplicates += 1;
+            return Verdict::Duplicate;
+        }
+        Observed::Stale => {
+            i.stats.stale += 1;
+            return Verdict::Stale;
+        }
+        Observed::NewAfterGap { missing } => gaps.push(GapJob {
+            key: i.key.clone(),
+            ids: missing,
+        }),
+        Observed::New | Observed::Late => {}
+    }
+    let s = &mut i.stats;
+    s.accepted += 1;
+    if backfill {
+        s.backfilled += 1;
+    }
+    s.first_id = Some(s.first_id.map_or(id, |f| f.min(id)));
+    s.last_id = Some(s.last_id.map_or(id, |l| l.max(id)));
+    i.unflushed += 1;
+    i.unflushed_first = Some(i.unflushed_first.map_or(id, |f| f.min(id)));
+    // Latest by trade id: a late or backfilled trade never replaces a newer price.
+    if i.latest.is_none_or(|l| id > l.trade_id) {
+        i.latest = Some(Latest {
+            price,
+            qty,
+            trade_id: id,
+            ts_ms,
+        });
+        i.dirty = true;
+    }
+    Verdict::Accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pricefeed_domain::instrument::Symbol;
+
+    const NOW: i64 = 1_767_225_600_000;
+
+    fn key(s: &str) -> InstrumentKey {
+        InstrumentKey::parse(s).unwrap()
+    }
+
+    fn tr(symbol: &str, id: u64) -> TradeRef<'_> {
+        TradeRef {
+            symbol,
+            id,
+            price: Decimal::new(100 + id as i64, 2),
+            qty: Decimal::ONE,
+            ts_ms: NOW,
+            buyer_is_maker: false,
+        }
+    }
+
+    fn live_core(keys: &[&str]) -> Core {
+        let mut c = Core::new(SeqConfig::default(), 5_000);
+        let keys: Vec<_> = keys.iter().map(|k| key(k)).collect();
+        c.sync_slice(&keys, 1, |_| true, Instant::now());
+        for k in &keys {
+            assert!(c.go_live(k, 1, None));
+        }
+        c
+    }
+
+    #[test]
+    fn same_symbol_on_two_markets_is_two_instruments() {
+        let mut c = live_core(&["spot:BTCUSDT", "usdm:BTCUSDT"]);
+        assert_eq!(
+            c.on_ws_trade(Market::Spot, &tr("BTCUSDT", 10), NOW),
+            Verdict::Accepted
+        );
+        // Same id on the other market is not a duplicate.
+        assert_eq!(
+            c.on_ws_trade(Market::Usdm, &tr("BTCUSDT", 10), NOW),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            c.on_ws_trade(Market::Spot, &tr("BTCUSDT", 10), NOW),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            c.on_ws_trade(Market::Options, &tr("BTCUSDT", 10), NOW),
+            Verdict::NotOwned
+        );
+    }
+
+    #[test]
+    fn gaps_are_reported_and_backfill_goes_through_dedup() {
+        let mut c = live_core(&["spot:ETHUSDT"]);
+        let k = key("spot:ETHUSDT");
+        c.on_ws_trade(Market::Spot, &tr("ETHUSDT", 1), NOW);
+        c.on_ws_trade(Market::Spot, &tr("ETHUSDT", 5), NOW);
+        let batch = c.take_flush();
+        assert_eq!(
+            batch.gaps,
+            vec![GapJob {
+                key: k.clone(),
+                ids: 2..=4
+            }]
+        );
+        assert_eq!(batch.entries[0].latest.unwrap().trade_id, 5);
+        assert_eq!(batch.entries[0].accepted, 2);
+        let sym = Symbol::parse("ETHUSDT").unwrap();
+        let fill: Vec<Trade> = (2..=5)
+            .map(|id| Trade {
+                symbol: sym.clone(),
+                trade_id: id,
+                price: Decimal::ONE,
+                qty: Decimal::ONE,
+                ts_ms: NOW,
+                buyer_is_maker: true,
+            })
+            .collect();
+        assert_eq!(c.on_backfill(&k, &fill, NOW), 3, "5 is a duplicate");
+        assert!(!c.still_missing(&k, &(2..=4)));
+        let (_, _, s) = c.stats().remove(0);
+        assert_eq!(
+            (s.accepted, s.backfilled, s.duplicates, s.missing),
+            (5, 3, 1, 0)
+        );
+        // Backfilled older trades did not replace the newer latest price.
+        assert_eq!(c.latest(&k).unwrap().trade_id, 5);
+        let b = c.take_flush();
+        assert_eq!(b.entries[0].latest, None, "price unchanged, counts only");
+        assert_eq!(b.entries[0].accepted, 3);
+    }
+
+    #[test]
+    fn handover_pending_then_live_after_the_previous_owners_last_id() {
+        let mut c = Core::new(SeqConfig::default(), 5_000);
+        let k = key("spot:BNBUSDT");
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        c.sync_slice(std::slice::from_ref(&k), 7, |_| false, deadline);
+        assert_eq!(
+            c.on_ws_trade(Market::Spot, &tr("BNBUSDT", 100), NOW),
+            Verdict::Pending
+        );
+        let checks = c.pending_checks(Instant::now());
+        assert_eq!(checks.len(), 1);
+        assert!(!checks[0].force);
+        assert!(c.pending_checks(deadline)[0].force);
+        assert!(!c.go_live(&k, 6, Some(100)), "wrong epoch");
+        assert!(c.go_live(&k, 7, Some(100)));
+        assert_eq!(
+            c.on_ws_trade(Market::Spot, &tr("BNBUSDT", 100), NOW),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            c.on_ws_trade(Market::Spot, &tr("BNBUSDT", 103), NOW),
+            Verdict::Accepted
+        );
+        assert_eq!(c.take_flush().gaps[0].ids, 101..=102);
+        // Losing it releases it with a marker at the new epoch.
+        c.sync_slice(&[], 8, |_| false, deadline);
+        let b = c.take_flush();
+        assert_eq!(b.released, vec![(k.clone(), 8)]);
+        assert!(!c.owns(&k));
+    }
+
+    #[test]
+    fn invalid_trades_are_rejected_not_accepted() {
+        let mut c = live_core(&["spot:XRPUSDT"]);
+        let mut t = tr("XRPUSDT", 1);
+        t.price = Decimal::ZERO;
+        assert!(matches!(
+            c.on_ws_trade(Market::Spot, &t, NOW),
+            Verdict::Rejected(TradeError::NonPositivePrice(_))
+        ));
+        let mut t = tr("XRPUSDT", 1);
+        t.ts_ms = NOW + 60_000;
+        assert!(matches!(
+            c.on_ws_trade(Market::Spot, &t, NOW),
+            Verdict::Rejected(_)
+        ));
+        // The id was not consumed by the rejected frames.
+        assert_eq!(
+            c.on_ws_trade(Market::Spot, &tr("XRPUSDT", 1), NOW),
+            Verdict::Accepted
+        );
+    }
+}

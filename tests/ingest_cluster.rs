@@ -1,0 +1,449 @@
+//! End-to-end ingest across the cluster: `pricefeed-sim` (small catalogue), one scheduler and
+//! three nodes against real Postgres and Redis, instruments inserted by SQL from the simulator's
+//! catalogue. Checks that every instrument is ingested by exactly one node, that `kill -9` of a
+//! node gets its instruments priced again on the survivors within 5 s (printed), and that over
+//! the whole run the cluster accepted exactly the simulator's trade ids per instrument (none
+//! lost across joins, handovers and the kill, none twice), using the cluster-wide counters the
+//! nodes keep in Redis atomically with the latest price.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pricefeed_tests::{Proc, base_env, bin, fresh_database, scratch_dir, signal};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(30);
+const FAILOVER: Duration = Duration::from_secs(5);
+
+/// The simulator as a child process, killed on drop.
+struct Sim {
+    child: Child,
+    ports: Value,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_sim() -> Sim {
+    let dir = scratch_dir("sim");
+    let ports_file = dir.join("ports.json");
+    let log = std::fs::File::create(dir.join("out.log")).unwrap();
+    let sim_bin = std::env::var("PRICEFEED_SIM_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| bin("pricefeed-sim"));
+    let mut cmd = Command::new(sim_bin);
+    cmd.arg("--ports-file")
+        .arg(&ports_file)
+        .env_remove("RUST_LOG")
+        .env(
+            "PRICEFEED_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
+        );
+    for (k, v) in [
+        ("SPOT_BIND", "127.0.0.1:0"),
+        ("FUTURES_BIND", "127.0.0.1:0"),
+        ("OPTIONS_BIND", "127.0.0.1:0"),
+        ("CONTROL_BIND", "127.0.0.1:0"),
+        ("UNDERLYINGS", "3"),
+        ("QUARTERLIES", "0"),
+        ("OPTION_EXPIRIES", "1"),
+        ("OPTION_STRIKES", "1"),
+        ("INITIAL_HALTED_RATIO", "0.0"),
+        ("HOT_SYMBOLS", "1"),
+        ("HOT_RATE_PER_SEC", "50.0"),
+        ("TAIL_RATE_PER_MIN", "600.0"),
+        ("LISTING_INTERVAL_MS", "0"),
+    ] {
+        cmd.env(format!("PRICEFEED__SIM__{k}"), v);
+    }
+    let child = cmd
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut sim = Sim {
+        child,
+        ports: Value::Null,
+    };
+    let until = Instant::now() + READY;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&ports_file)
+            && let Ok(v) = serde_json::from_str::<Value>(&s)
+        {
+            sim.ports = v;
+            return sim;
+        }
+        assert!(Instant::now() < until, "simulator did not start");
+        assert!(sim.child.try_wait().unwrap().is_none(), "simulator exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Inserts every trading instrument of the simulator's catalogue; returns their keys.
+async fn seed_from_catalogue(http: &reqwest::Client, control: &str, db: &str) -> BTreeSet<String> {
+    let cat: Value = http
+        .get(format!("http://{control}/control/catalogue"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    let mut keys = BTreeSet::new();
+    let list = cat["instruments"].as_array().unwrap();
+    for i in list
+        .iter()
+        .filter(|i| i["market"] == "spot" && i["status"] == "TRADING")
+    {
+        sqlx::query(
+            "INSERT INTO underlyings (symbol, base_asset, quote_asset, status) VALUES ($1, $2, $3, 'TRADING')",
+        )
+        .bind(i["symbol"].as_str().unwrap())
+        .bind(i["base"].as_str().unwrap())
+        .bind(i["quote"].as_str().unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+        keys.insert(format!("spot:{}", i["symbol"].as_str().unwrap()));
+    }
+    for i in list
+        .iter()
+        .filter(|i| i["market"] != "spot" && i["status"] == "TRADING" && i["removed"] == false)
+    {
+        let (market, kind) = match (i["market"].as_str().unwrap(), i["kind"].as_str().unwrap()) {
+            ("futures", "perpetual") => ("usdm", "perpetual"),
+            ("futures", _) => ("usdm", "future"),
+            (_, _) => ("options", "option"),
+        };
+        let n = sqlx::query(
+            "INSERT INTO derivatives (symbol, underlying_id, kind, market, status, strike, option_side, expiry_at) \
+             SELECT $1, id, $2::derivative_kind, $3, 'TRADING', $5::numeric, $6, \
+                    CASE WHEN $2 = 'perpetual' THEN NULL ELSE now() + interval '30 days' END \
+             FROM underlyings WHERE symbol = $4",
+        )
+        .bind(i["symbol"].as_str().unwrap())
+        .bind(kind)
+        .bind(market)
+        .bind(i["pair"].as_str().unwrap())
+        .bind(i["strike"].as_str().map(str::to_string).or_else(|| i["strike"].as_f64().map(|f| f.to_string())))
+        .bind(i["call"].as_bool().map(|c| if c { "CALL" } else { "PUT" }))
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+        if n == 1 {
+            keys.insert(format!("{market}:{}", i["symbol"].as_str().unwrap()));
+        }
+    }
+    pool.close().await;
+    keys
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let res = http.get(url).send().await.map_err(|e| e.to_string())?;
+    res.json().await.map_err(|e| e.to_string())
+}
+
+/// Per node: the instruments it ingests (live or pending).
+async fn ingest_views(
+    http: &reqwest::Client,
+    nodes: &[&Proc],
+) -> Result<BTreeMap<String, Vec<(String, bool)>>, String> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let v = get_json(http, &n.url("/api/v1/cluster/ingest")).await?;
+        let list = v["instruments"]
+            .as_array()
+            .ok_or("no instruments")?
+            .iter()
+            .map(|i| {
+                (
+                    i["key"].as_str().unwrap_or_default().to_string(),
+                    i["live"] == true,
+                )
+            })
+            .collect();
+        out.insert(n.name.clone(), list);
+    }
+    Ok(out)
+}
+
+/// Every expected instrument ingested, live, by exactly one of `nodes`; slices differ by ≤ 1.
+fn check_exactly_one_owner(
+    views: &BTreeMap<String, Vec<(String, bool)>>,
+    expected: &BTreeSet<String>,
+) -> Result<(), String> {
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for (node, list) in views {
+        for (key, live) in list {
+            if !live {
+                return Err(format!("{key} not live yet on {node}"));
+            }
+            if let Some(other) = owner.insert(key, node) {
+                return Err(format!("{key} ingested by {other} and {node}"));
+            }
+        }
+    }
+    let got: BTreeSet<String> = owner.keys().map(|s| s.to_string()).collect();
+    if &got != expected {
+        return Err(format!("ingested {got:?}, expected {expected:?}"));
+    }
+    let sizes: Vec<usize> = views.values().map(Vec::len).collect();
+    if sizes.iter().max().unwrap() - sizes.iter().min().unwrap() > 1 {
+        return Err(format!("unbalanced {sizes:?}"));
+    }
+    Ok(())
+}
+
+/// Latest trade id per instrument from the Redis price hash.
+async fn redis_ids(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> BTreeMap<String, u64> {
+    let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{prefix}:prices"))
+        .query_async(redis)
+        .await
+        .unwrap();
+    raw.into_iter()
+        .map(|(k, v)| {
+            let d: Value = serde_json::from_str(&v).unwrap();
+            (k, d["trade_id"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let sim = start_sim().await;
+    let port = |m: &str| sim.ports[m].as_str().unwrap().to_string();
+    let control = port("control");
+    let db = fresh_database().await.unwrap();
+    let mut env = base_env(&db);
+    for (k, m) in [
+        ("SPOT", "spot"),
+        ("FUTURES", "futures"),
+        ("OPTIONS", "options"),
+    ] {
+        env.push((
+            format!("PRICEFEED__BROKER__{k}_REST_URL"),
+            format!("http://{}", port(m)),
+        ));
+        env.push((
+            format!("PRICEFEED__BROKER__{k}_WS_URL"),
+            format!("ws://{}", port(m)),
+        ));
+    }
+    let prefix = env
+        .iter()
+        .find(|(k, _)| k == "PRICEFEED__REDIS__KEY_PREFIX")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let mut migrate =
+        Proc::start("migrate", &bin("pricefeed-scheduler"), &["migrate"], &env).unwrap();
+    assert!(
+        migrate.wait_exit(READY).await.unwrap().success(),
+        "{}",
+        migrate.log_tail()
+    );
+    let expected = seed_from_catalogue(&http, &control, &db).await;
+    println!("{} instruments: {expected:?}", expected.len());
+    assert!(
+        expected.iter().any(|k| k.starts_with("usdm:"))
+            && expected.iter().any(|k| k.starts_with("options:"))
+    );
+
+    let _sched = Proc::start_ready("sched", &bin("pricefeed-scheduler"), &["scheduler"], &env)
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let mut e = env.clone();
+        e.push(("PRICEFEED__NODE__ID".into(), id.into()));
+        nodes.push(
+            Proc::start_ready(id, &bin("pricefeed-node"), &[], &e)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut redis = redis::Client::open(pricefeed_tests::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // 1. Every instrument ingested by exactly one node, balanced; prices on every node.
+    let until = Instant::now() + READY;
+    loop {
+        let refs: Vec<&Proc> = nodes.iter().collect();
+        let r = match ingest_views(&http, &refs).await {
+            Ok(v) => check_exactly_one_owner(&v, &expected),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => break,
+            Err(e) if Instant::now() > until => panic!("no single-owner ingest: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let until = Instant::now() + READY;
+    loop {
+        let ids = redis_ids(&mut redis, &prefix).await;
+        if expected.iter().all(|k| ids.contains_key(k)) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not every instrument priced: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in &nodes {
+        for key in &expected {
+            let (market, symbol) = key.split_once(':').unwrap();
+            let v = get_json(
+                &http,
+                &n.url(&format!("/api/v1/prices/{symbol}?market={market}")),
+            )
+            .await
+            .unwrap();
+            assert_eq!(v["market"], market, "{}: {v}", n.name);
+            assert!(
+                v["age_ms"].as_i64().unwrap() < 10_000,
+                "{}: stale {v}",
+                n.name
+            );
+        }
+    }
+
+    // 2. WS faults on, then kill -9 of n2: its instruments are live and priced again on the
+    //    survivors.
+    let faults = http
+        .put(format!("http://{control}/control/faults/global"))
+        .json(
+            &serde_json::json!({"drop": 0.03, "duplicate": 0.03, "reorder": 0.03, "corrupt": 0.01}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(faults.status().is_success());
+    let victim = nodes.remove(1);
+    let lost: Vec<String> = ingest_views(&http, &[&victim]).await.unwrap()[&victim.name]
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(!lost.is_empty());
+    let mut victim = victim;
+    signal(victim.child.id(), "KILL");
+    let t0 = Instant::now();
+    let _ = victim.wait_exit(Duration::from_secs(5)).await;
+    let at_kill = redis_ids(&mut redis, &prefix).await;
+    let failover = loop {
+        let refs: Vec<&Proc> = nodes.iter().collect();
+        let views = ingest_views(&http, &refs).await.unwrap_or_default();
+        let live: BTreeSet<&String> = views
+            .values()
+            .flatten()
+            .filter(|(_, l)| *l)
+            .map(|(k, _)| k)
+            .collect();
+        let ids = redis_ids(&mut redis, &prefix).await;
+        let priced = lost
+            .iter()
+            .all(|k| live.contains(k) && ids.get(k) > at_kill.get(k));
+        if priced {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "instruments of the killed node never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "kill -9 failover: {} instruments of n2 priced again on the survivors after {failover:?}",
+        lost.len()
+    );
+    assert!(failover < FAILOVER, "failover took {failover:?}");
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    check_exactly_one_owner(&ingest_views(&http, &refs).await.unwrap(), &expected).unwrap();
+    let stats = get_json(&http, &format!("http://{control}/control/faults/stats"))
+        .await
+        .unwrap();
+    println!("faults injected during the run: {stats}");
+    http.delete(format!("http://{control}/control/faults"))
+        .send()
+        .await
+        .unwrap();
+
+    // 3. Over the run, per instrument: the cluster accepted exactly the truth's ids between the
+    //    first accepted id and the latest one (gaps backfilled, duplicates dropped). Polled until
+    //    backfills of the last gaps have landed.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (accepted, first, prices): (
+            BTreeMap<String, u64>,
+            BTreeMap<String, u64>,
+            BTreeMap<String, String>,
+        ) = redis::pipe()
+            .atomic()
+            .cmd("HGETALL")
+            .arg(format!("{prefix}:ingest:accepted"))
+            .cmd("HGETALL")
+            .arg(format!("{prefix}:ingest:first"))
+            .cmd("HGETALL")
+            .arg(format!("{prefix}:prices"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let mut problems = Vec::new();
+        let mut summary = Vec::new();
+        for key in &expected {
+            let (market, symbol) = key.split_once(':').unwrap();
+            let last: u64 = serde_json::from_str::<Value>(&prices[key]).unwrap()["trade_id"]
+                .as_u64()
+                .unwrap();
+            let f = first[key];
+            let sim_market = if market == "usdm" { "futures" } else { market };
+            let truth = get_json(
+                &http,
+                &format!("http://{control}/control/truth/trades?market={sim_market}&symbol={symbol}&start=0&limit=1000000"),
+            )
+            .await
+            .unwrap();
+            let field = if market == "usdm" { "aggId" } else { "id" };
+            let mut ids: Vec<u64> = truth["trades"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|t| t[field].as_u64())
+                .filter(|id| (f..=last).contains(id))
+                .collect();
+            ids.dedup();
+            if accepted[key] != ids.len() as u64 || ids.first() != Some(&f) {
+                problems.push(format!(
+                    "{key}: accepted {} vs truth {} in {f}..={last}",
+                    accepted[key],
+                    ids.len()
+                ));
+            }
+            summary.push(format!("{key}={}", accepted[key]));
+        }
+        if problems.is_empty() {
+            println!("exactly once across the cluster: {}", summary.join(" "));
+            break;
+        }
+        assert!(Instant::now() < until, "{problems:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
