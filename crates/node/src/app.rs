@@ -73,6 +73,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
             feed: cfg.node.feed.clone(),
             broker: cfg.broker.clone(),
             redis: redis.clone(),
+            redis_url: cfg.redis.url.clone(),
             prefix: cfg.redis.key_prefix.clone(),
         },
         slices.clone(),

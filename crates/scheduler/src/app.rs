@@ -7,6 +7,7 @@ use std::time::Duration;
 use pricefeed_runtime::{http, ops, problem, shutdown::Shutdown, telemetry};
 
 use crate::config::SchedulerConfig;
+use crate::feed_health::FeedHealth;
 use crate::leader::{LeaderLoop, LeaderStatus};
 use crate::sync::Syncer;
 
@@ -94,6 +95,13 @@ pub async fn start(
             holder,
             status,
             syncer: Some(syncer),
+            feed_health: Some(FeedHealth {
+                redis: redis.clone(),
+                prefix: cfg.redis.key_prefix.clone(),
+                check_every: Duration::from_millis(cfg.scheduler.feed_check_ms),
+                stale_after_ms: cfg.scheduler.feed_stale_after_ms,
+                node_dead_after_ms: cfg.scheduler.node_dead_after_ms,
+            }),
             tracker: shutdown.tracker().clone(),
             rebalance_now,
         };

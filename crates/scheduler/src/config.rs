@@ -52,6 +52,13 @@ pub struct SchedulerSection {
     /// Period of the derivative (USD-M futures and options) sync.
     #[serde(default = "default_sync_derivatives_ms")]
     pub sync_derivatives_ms: u64,
+    /// How often the leader reads every live node's feed-health hash.
+    #[serde(default = "default_feed_check_ms")]
+    pub feed_check_ms: u64,
+    /// A feed connection silent for longer than this gets a reconnect order (and at most one
+    /// order per connection per this period).
+    #[serde(default = "default_feed_stale_after_ms")]
+    pub feed_stale_after_ms: u64,
 }
 
 fn default_lease_ttl_ms() -> u64 {
@@ -71,6 +78,12 @@ fn default_sync_underlyings_ms() -> u64 {
 }
 fn default_sync_derivatives_ms() -> u64 {
     60_000
+}
+fn default_feed_check_ms() -> u64 {
+    1_000
+}
+fn default_feed_stale_after_ms() -> u64 {
+    10_000
 }
 
 impl SchedulerSection {
@@ -111,6 +124,23 @@ impl SchedulerSection {
                 return Err(ConfigError::key(key, "must be between 200 and 86400000"));
             }
         }
+        if !(100..=60_000).contains(&self.feed_check_ms) {
+            return Err(ConfigError::key(
+                "scheduler.feed_check_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        // Nodes rewrite their feed hash every second: a threshold under 1 s would call healthy
+        // connections stale between two rewrites. It must also outlast one check period, or a
+        // connection could be ordered before a check could have seen it fresh.
+        if !(1_000..=3_600_000).contains(&self.feed_stale_after_ms)
+            || self.feed_stale_after_ms < self.feed_check_ms
+        {
+            return Err(ConfigError::key(
+                "scheduler.feed_stale_after_ms",
+                "must be between 1000 and 3600000 and at least scheduler.feed_check_ms",
+            ));
+        }
         Ok(())
     }
 }
@@ -124,5 +154,52 @@ impl Validate for SchedulerConfig {
         self.broker.validate()?;
         self.telemetry.validate()?;
         self.shutdown.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(extra: serde_json::Value) -> SchedulerSection {
+        let mut v = serde_json::json!({"http": {"bind": "127.0.0.1:0"}});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn bad_key(s: &SchedulerSection) -> Option<String> {
+        match s.validate() {
+            Err(ConfigError::Key { key, .. }) => Some(key),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn feed_health_keys_default_and_validate_by_name() {
+        let s = section(serde_json::json!({}));
+        assert_eq!((s.feed_check_ms, s.feed_stale_after_ms), (1_000, 10_000));
+        assert_eq!(bad_key(&s), None);
+        for (extra, key) in [
+            (
+                serde_json::json!({"feed_stale_after_ms": 500}),
+                "scheduler.feed_stale_after_ms",
+            ),
+            (
+                serde_json::json!({"feed_check_ms": 5000, "feed_stale_after_ms": 2000}),
+                "scheduler.feed_stale_after_ms",
+            ),
+            (
+                serde_json::json!({"feed_check_ms": 0}),
+                "scheduler.feed_check_ms",
+            ),
+        ] {
+            assert_eq!(
+                bad_key(&section(extra.clone())).as_deref(),
+                Some(key),
+                "{extra}"
+            );
+        }
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::config::SchedulerSection;
+use crate::feed_health::FeedHealth;
 use crate::sync::Syncer;
 
 /// What `/readyz` and the metrics show about leadership; shared with the HTTP side.
@@ -81,6 +82,8 @@ pub struct LeaderLoop {
     pub status: Arc<LeaderStatus>,
     /// Instrument sync, started for each leadership term (`None`: no sync, e.g. in tests).
     pub syncer: Option<Syncer>,
+    /// Feed-health watch, started for each leadership term (`None`: off).
+    pub feed_health: Option<FeedHealth>,
     /// Where leader-only tasks (sync) are spawned, so shutdown waits for them.
     pub tracker: TaskTracker,
     /// Woken by the sync after a change: rebalance now instead of on the next tick.
@@ -99,6 +102,8 @@ struct Leading {
     rebuild_until: Option<Instant>,
     /// Cancels this term's sync task when leadership ends (the struct is dropped).
     _sync: Option<DropGuard>,
+    /// Cancels this term's feed-health watch likewise.
+    _feed: Option<DropGuard>,
 }
 
 impl LeaderLoop {
@@ -220,12 +225,18 @@ impl LeaderLoop {
                     self.tracker.spawn(s.run(term, token.clone()));
                     token.drop_guard()
                 });
+                let feed = self.feed_health.clone().map(|f| {
+                    let token = CancellationToken::new();
+                    self.tracker.spawn(f.run(term, token.clone()));
+                    token.drop_guard()
+                });
                 Some(Leading {
                     term,
                     current: None,
                     renewed_at: started,
                     rebuild_until: None,
                     _sync: sync,
+                    _feed: feed,
                 })
             }
             Ok(None) => None,

@@ -6,9 +6,11 @@
 //! - [`config`]: typed configuration of both roles.
 //! - [`app`]: wiring of dependencies, readiness and the ops HTTP listener.
 //! - [`leader`]: the lease loop and, while leading, the slice assignment.
+//! - [`feed_health`]: reconnect orders for silent feed connections (leader only).
 //! - [`sync`]: instrument sync from the broker's `exchangeInfo` (leader only).
 
 pub mod app;
 pub mod config;
+pub mod feed_health;
 pub mod leader;
 pub mod sync;

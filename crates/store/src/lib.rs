@@ -7,9 +7,11 @@
 //! - [`lease`]: the scheduler leader lease with a fencing term.
 //! - [`assignment`]: the published slice assignment (Redis) and its durable epoch (Postgres).
 //! - [`sync`]: instrument sync writes (whole catalogue per transaction, fenced by the term).
+//! - [`feed`]: feed-health hash and per-node order channel keys, the reconnect order.
 //! - [`trades`]: the batched, idempotent trade-history writer.
 
 pub mod assignment;
+pub mod feed;
 pub mod instruments;
 pub mod lease;
 pub mod pg;

@@ -12,6 +12,8 @@
 //!   exponential backoff, reset once a session stayed up for `reconnect_reset_after`;
 //! - before `max_lifetime` it opens a replacement, subscribes it, then closes the old socket
 //!   (overlap: duplicates are dropped by trade id, nothing is missed);
+//! - a reconnect order from the scheduler ([`super::orders`]) ends the session and reconnects
+//!   at once;
 //! - every session end is logged once with its reason and counted in
 //!   `pricefeed_feed_disconnects_total{market,reason}`.
 
@@ -25,7 +27,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use pricefeed_broker::ws::{FrameRef, WsMethod, decode_frame, render_request};
 use pricefeed_domain::instrument::Market;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -63,6 +65,10 @@ pub struct ConnHealth {
     pub last_frame_ms: AtomicI64,
     pub streams: AtomicUsize,
     pub sessions: AtomicU64,
+    /// Ends the current session and reconnects at once (a scheduler order, see
+    /// [`super::orders`]). Woken with `notify_waiters`, so an order that arrives between
+    /// sessions leaves no permit behind to cut the next, fresh session short.
+    pub reconnect: Notify,
 }
 
 /// Every live connection of the node.
@@ -88,6 +94,7 @@ enum End {
     Retired,
     ServerShutdown,
     Stall,
+    Order,
     ServerClosed,
     Error,
     ConnectFailed,
@@ -100,6 +107,7 @@ impl End {
             Self::Retired => "retired",
             Self::ServerShutdown => "server_shutdown",
             Self::Stall => "stall",
+            Self::Order => "order",
             Self::ServerClosed => "server_closed",
             Self::Error => "error",
             Self::ConnectFailed => "connect_failed",
@@ -125,6 +133,7 @@ pub fn spawn_connection(
         last_frame_ms: AtomicI64::new(0),
         streams: AtomicUsize::new(streams.len()),
         sessions: AtomicU64::new(0),
+        reconnect: Notify::new(),
     });
     health.lock().unwrap().push(h.clone());
     let task = Connection {
@@ -204,6 +213,10 @@ impl Connection {
             .await
             {
                 Ok(session) => {
+                    // The subscription acknowledgements were frames too; without this stamp a
+                    // fresh session would look as silent as the one it replaced to the
+                    // scheduler's feed-health watch until its first trade.
+                    self.health.last_frame_ms.store(now_ms(), Ordering::Relaxed);
                     self.health.sessions.fetch_add(1, Ordering::Relaxed);
                     self.health.connected.store(true, Ordering::Relaxed);
                     metrics::gauge!("pricefeed_feed_connections", "market" => market)
@@ -234,8 +247,10 @@ impl Connection {
             if lasted >= s.reset_after {
                 backoff.reset();
             }
-            let delay = if end == End::ServerShutdown {
-                // The exchange asks us to come back at once (to another server).
+            let delay = if matches!(end, End::ServerShutdown | End::Order) {
+                // The exchange asks us to come back at once (to another server), or the
+                // scheduler saw this connection silent: waiting a backoff only prolongs the gap
+                // (the scheduler rate-limits its orders, so this cannot spin).
                 Duration::ZERO
             } else {
                 backoff.next_delay()
@@ -311,12 +326,20 @@ impl Connection {
         if let Some(end) = self.drain_backlog(&mut sess) {
             return end;
         }
+        // Registered once for the whole session, so no order is missed between loop turns.
+        let health = self.health.clone();
+        let ordered = health.reconnect.notified();
+        tokio::pin!(ordered);
         loop {
             tokio::select! {
                 biased;
                 () = token.cancelled() => {
                     let _ = sess.ws.close(None).await;
                     return (End::Shutdown, String::new());
+                }
+                () = &mut ordered => {
+                    let _ = sess.ws.close(None).await;
+                    return (End::Order, "reconnect ordered by the scheduler".into());
                 }
                 frame = sess.ws.next() => {
                     let now = Instant::now();

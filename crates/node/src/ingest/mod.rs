@@ -7,13 +7,15 @@
 //! - [`state`]: per-instrument dedup, latest price, statistics, handover phases.
 //! - [`publish`]: the Redis price hash, tick channel, counters and handover markers.
 //! - [`backfill`]: REST history for gaps.
+//! - [`orders`]: reconnect orders from the scheduler's feed-health watch.
 //!
 //! Tasks (all tracked by the runtime [`Shutdown`]): one slice watcher, one manager per market,
-//! one task per connection, one flusher, one backfill dispatcher.
+//! one task per connection, one flusher, one backfill dispatcher, one order listener.
 
 pub mod backfill;
 pub mod connector;
 pub mod limits;
+pub mod orders;
 pub mod plan;
 pub mod publish;
 pub mod state;
@@ -64,6 +66,8 @@ pub struct IngestDeps {
     pub feed: FeedConfig,
     pub broker: BrokerConfig,
     pub redis: ConnectionManager,
+    /// For the dedicated pub/sub connection of the order listener.
+    pub redis_url: String,
     pub prefix: String,
 }
 
@@ -131,6 +135,12 @@ pub fn start(
         core.clone(),
         stream_txs,
         Duration::from_millis(f.handover_grace_ms),
+        token.clone(),
+    ));
+    tracker.spawn(orders::run(
+        deps.redis_url.clone(),
+        deps.prefix.clone(),
+        orders::OrderHandler::new(deps.node_id.clone(), health.clone()),
         token.clone(),
     ));
     tracker.spawn(flush_loop(
@@ -350,7 +360,7 @@ async fn flush_loop(
             // Last-message time per connection: a gauge here, and a Redis hash
             // `{prefix}:feed:{node_id}` (field `market:conn` = ms) for the scheduler's feed-health
             // watch; the hash expires if the node dies.
-            let feed_key = format!("{}:feed:{}", deps.prefix, deps.node_id);
+            let feed_key = pricefeed_store::feed::feed_key(&deps.prefix, &deps.node_id);
             let mut pipe = redis::pipe();
             pipe.del(&feed_key).ignore();
             let mut any = false;

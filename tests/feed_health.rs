@@ -1,0 +1,547 @@
+//! End-to-end feed-health watch: `pricefeed-sim`, one scheduler and two nodes against real
+//! Postgres and Redis. Two instruments, one per node: spot A (to be stalled) and the USD-M
+//! perpetual of another underlying B (the control). The nodes' own stall watchdog is set to ten
+//! minutes, so only the scheduler (`feed_stale_after_ms` = 1500) can notice the stall.
+//!
+//! 1. A silent stall of symbol A in the simulator (socket open, pings flowing) gets a reconnect
+//!    order on A's owner's channel, for its spot connection, within a deadline; the owner
+//!    reconnects (`pricefeed_feed_disconnects_total{reason="order"}`); the other node gets none.
+//! 2. Clearing the stall, A's price flows again.
+//! 3. Malformed, misaddressed and stale orders published by hand are ignored (counted), the
+//!    node stays ready, does not reconnect, and keeps pricing.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use pricefeed_tests::{Proc, base_env, bin, fresh_database, scratch_dir};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(30);
+/// Stall → order: 1.5 s threshold + ≤ 1 s hash rewrite + one check period, with slack for a
+/// loaded 2-core CI box.
+const ORDER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The simulator as a child process, killed on drop.
+struct Sim {
+    child: Child,
+    ports: Value,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_sim() -> Sim {
+    let dir = scratch_dir("sim");
+    let ports_file = dir.join("ports.json");
+    let log = std::fs::File::create(dir.join("out.log")).unwrap();
+    let sim_bin = std::env::var("PRICEFEED_SIM_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| bin("pricefeed-sim"));
+    let mut cmd = Command::new(sim_bin);
+    cmd.arg("--ports-file")
+        .arg(&ports_file)
+        .env_remove("RUST_LOG")
+        .env(
+            "PRICEFEED_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
+        );
+    for (k, v) in [
+        ("SPOT_BIND", "127.0.0.1:0"),
+        ("FUTURES_BIND", "127.0.0.1:0"),
+        ("OPTIONS_BIND", "127.0.0.1:0"),
+        ("CONTROL_BIND", "127.0.0.1:0"),
+        ("UNDERLYINGS", "2"),
+        ("QUARTERLIES", "0"),
+        ("OPTION_EXPIRIES", "1"),
+        ("OPTION_STRIKES", "1"),
+        ("INITIAL_HALTED_RATIO", "0.0"),
+        ("HOT_SYMBOLS", "2"),
+        ("HOT_RATE_PER_SEC", "50.0"),
+        ("TAIL_RATE_PER_MIN", "600.0"),
+        ("LISTING_INTERVAL_MS", "0"),
+    ] {
+        cmd.env(format!("PRICEFEED__SIM__{k}"), v);
+    }
+    let child = cmd
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut sim = Sim {
+        child,
+        ports: Value::Null,
+    };
+    let until = Instant::now() + READY;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&ports_file)
+            && let Ok(v) = serde_json::from_str::<Value>(&s)
+        {
+            sim.ports = v;
+            return sim;
+        }
+        assert!(Instant::now() < until, "simulator did not start");
+        assert!(sim.child.try_wait().unwrap().is_none(), "simulator exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Inserts spot A (trading) and the perpetual of B, whose spot pair is stored halted so that
+/// only the perpetual is assigned; returns (A, B).
+async fn seed(http: &reqwest::Client, control: &str, db: &str) -> (String, String) {
+    let cat: Value = http
+        .get(format!("http://{control}/control/catalogue"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = cat["instruments"].as_array().unwrap();
+    let mut spots: Vec<&Value> = list
+        .iter()
+        .filter(|i| i["market"] == "spot" && i["status"] == "TRADING")
+        .collect();
+    spots.sort_by_key(|i| i["symbol"].as_str().unwrap().to_string());
+    assert!(spots.len() >= 2, "catalogue: {cat}");
+    let (a, b) = (spots[0], spots[1]);
+    let perp = list
+        .iter()
+        .find(|i| i["market"] == "futures" && i["kind"] == "perpetual" && i["pair"] == b["symbol"])
+        .unwrap_or_else(|| panic!("no perpetual for {}", b["symbol"]));
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    for (u, status) in [(a, "TRADING"), (b, "HALT")] {
+        sqlx::query(
+            "INSERT INTO underlyings (symbol, base_asset, quote_asset, status) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(u["symbol"].as_str().unwrap())
+        .bind(u["base"].as_str().unwrap())
+        .bind(u["quote"].as_str().unwrap())
+        .bind(status)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO derivatives (symbol, underlying_id, kind, market, status) \
+         SELECT $1, id, 'perpetual'::derivative_kind, 'usdm', 'TRADING' FROM underlyings WHERE symbol = $2",
+    )
+    .bind(perp["symbol"].as_str().unwrap())
+    .bind(b["symbol"].as_str().unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    (
+        a["symbol"].as_str().unwrap().to_string(),
+        perp["symbol"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let res = http.get(url).send().await.map_err(|e| e.to_string())?;
+    res.json().await.map_err(|e| e.to_string())
+}
+
+/// Sum of the samples of `name` whose labels contain every `labels` entry (Prometheus text).
+async fn metric(http: &reqwest::Client, p: &Proc, name: &str, labels: &[&str]) -> f64 {
+    let Ok(res) = http.get(p.url("/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = res.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Latest trade id of `key` in the Redis price hash.
+async fn price_id(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    key: &str,
+) -> Option<u64> {
+    let raw: Option<String> = redis::cmd("HGET")
+        .arg(format!("{prefix}:prices"))
+        .arg(key)
+        .query_async(redis)
+        .await
+        .ok()?;
+    let d: Value = serde_json::from_str(&raw?).ok()?;
+    d["trade_id"].as_u64()
+}
+
+/// Waits until `key`'s stored trade id is above `after`; returns it.
+async fn wait_price_above(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    key: &str,
+    after: u64,
+    deadline: Duration,
+) -> u64 {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(id) = price_id(redis, prefix, key).await
+            && id > after
+        {
+            return id;
+        }
+        assert!(
+            Instant::now() < until,
+            "{key} not priced past {after} within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Which node ingests `key` (from the nodes' ingest views).
+async fn owner_of(http: &reqwest::Client, nodes: &[Proc], key: &str) -> Option<usize> {
+    for (i, n) in nodes.iter().enumerate() {
+        let v = get_json(http, &n.url("/api/v1/cluster/ingest"))
+            .await
+            .ok()?;
+        if v["instruments"]
+            .as_array()?
+            .iter()
+            .any(|x| x["key"] == key && x["live"] == true)
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn scheduler_orders_a_silent_connection_to_reconnect() {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let sim = start_sim().await;
+    let port = |m: &str| sim.ports[m].as_str().unwrap().to_string();
+    let control = port("control");
+    let db = fresh_database().await.unwrap();
+    let mut env = base_env(&db);
+    for (k, m) in [
+        ("SPOT", "spot"),
+        ("FUTURES", "futures"),
+        ("OPTIONS", "options"),
+    ] {
+        env.push((
+            format!("PRICEFEED__BROKER__{k}_WS_URL"),
+            format!("ws://{}", port(m)),
+        ));
+    }
+    for (k, v) in [
+        // Only the scheduler may notice the stall.
+        ("PRICEFEED__NODE__FEED__STALL_TIMEOUT_MS", "600000"),
+        ("PRICEFEED__SCHEDULER__FEED_STALE_AFTER_MS", "1500"),
+        ("PRICEFEED__SCHEDULER__FEED_CHECK_MS", "250"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let prefix = env
+        .iter()
+        .find(|(k, _)| k == "PRICEFEED__REDIS__KEY_PREFIX")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let mut migrate =
+        Proc::start("migrate", &bin("pricefeed-scheduler"), &["migrate"], &env).unwrap();
+    assert!(
+        migrate.wait_exit(READY).await.unwrap().success(),
+        "{}",
+        migrate.log_tail()
+    );
+    let (sym_a, sym_b) = seed(&http, &control, &db).await;
+    let (key_a, key_b) = (format!("spot:{sym_a}"), format!("usdm:{sym_b}"));
+    println!("stalled {key_a}, control {key_b}");
+
+    let sched = Proc::start_ready("sched", &bin("pricefeed-scheduler"), &["scheduler"], &env)
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2"] {
+        let mut e = env.clone();
+        e.push(("PRICEFEED__NODE__ID".into(), id.into()));
+        nodes.push(
+            Proc::start_ready(id, &bin("pricefeed-node"), &[], &e)
+                .await
+                .unwrap(),
+        );
+    }
+    let client = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    // Every order on any node's channel, with its arrival time.
+    let mut ps = client.get_async_pubsub().await.unwrap();
+    ps.psubscribe(format!("{prefix}:orders:*")).await.unwrap();
+    let (otx, mut orx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String, Value)>();
+    tokio::spawn(async move {
+        let mut s = ps.into_on_message();
+        while let Some(m) = s.next().await {
+            let payload: String = m.get_payload().unwrap_or_default();
+            let v = serde_json::from_str(&payload).unwrap_or(Value::Null);
+            if otx
+                .send((Instant::now(), m.get_channel_name().to_string(), v))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    // Both instruments live, one per node, and priced.
+    let until = Instant::now() + READY;
+    let (owner, other) = loop {
+        if let (Some(a), Some(b)) = (
+            owner_of(&http, &nodes, &key_a).await,
+            owner_of(&http, &nodes, &key_b).await,
+        ) && a != b
+        {
+            break (a, b);
+        }
+        assert!(
+            Instant::now() < until,
+            "instruments not split over the nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let owner_id = ["n1", "n2"][owner];
+    let other_id = ["n1", "n2"][other];
+    let id_a = wait_price_above(&mut redis, &prefix, &key_a, 0, READY).await;
+    wait_price_above(&mut redis, &prefix, &key_b, 0, READY).await;
+    // Healthy feeds: no order at all so far.
+    if let Ok((_, ch, v)) = orx.try_recv() {
+        panic!("order on {ch} while every feed was healthy: {v}");
+    }
+    let base_owner = metric(
+        &http,
+        &nodes[owner],
+        "pricefeed_feed_disconnects_total",
+        &["reason=\"order\""],
+    )
+    .await;
+    assert_eq!(base_owner, 0.0, "order reconnects before any stall");
+
+    // 1. Stall symbol A: its connection goes silent (pings still flow).
+    let stalled_at = Instant::now();
+    let r = http
+        .put(format!("http://{control}/control/faults/symbols/{sym_a}"))
+        .json(&serde_json::json!({"stall": 1.0, "stall_ms": 600000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
+    let left = ORDER_DEADLINE.saturating_sub(stalled_at.elapsed());
+    let (ordered_at, order) = match tokio::time::timeout(left, orx.recv()).await {
+        Ok(Some((at, ch, v))) => {
+            assert_eq!(
+                ch,
+                format!("{prefix}:orders:{owner_id}"),
+                "order on the wrong channel: {v}"
+            );
+            (at, v)
+        }
+        Ok(None) => panic!("order listener ended"),
+        Err(_) => panic!(
+            "no reconnect order within {ORDER_DEADLINE:?} of the stall\nscheduler:\n{}",
+            sched.log_tail()
+        ),
+    };
+    assert_eq!(order["order"], "reconnect", "{order}");
+    assert_eq!(order["node_id"], owner_id, "{order}");
+    assert!(
+        order["conn_id"].as_str().unwrap().starts_with("spot:"),
+        "{order}"
+    );
+    assert!(order["term"].as_u64().unwrap() >= 1, "{order}");
+    assert!(order["issued_at_ms"].as_i64().unwrap() > 0, "{order}");
+    assert!(order["reason"].as_str().is_some(), "{order}");
+    let term = order["term"].as_u64().unwrap();
+
+    // The owner reconnects on the order.
+    let until = Instant::now() + ORDER_DEADLINE;
+    loop {
+        let n = metric(
+            &http,
+            &nodes[owner],
+            "pricefeed_feed_disconnects_total",
+            &["reason=\"order\"", "market=\"spot\""],
+        )
+        .await;
+        if n >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{owner_id} did not reconnect on the order:\n{}",
+            nodes[owner].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reconnected_at = Instant::now();
+    println!(
+        "stall → order {} ms, stall → reconnect observed {} ms",
+        ordered_at.duration_since(stalled_at).as_millis(),
+        reconnected_at.duration_since(stalled_at).as_millis()
+    );
+    assert!(
+        metric(
+            &http,
+            &sched,
+            "pricefeed_reconnect_orders_total",
+            &[&format!("node=\"{owner_id}\"")]
+        )
+        .await
+            >= 1.0
+    );
+
+    // 2. Clear the stall: A is priced again.
+    let r = http
+        .delete(format!("http://{control}/control/faults/symbols/{sym_a}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let resumed = wait_price_above(&mut redis, &prefix, &key_a, id_a, READY).await;
+    println!("{key_a} priced again: trade id {id_a} → {resumed}");
+
+    // No order went to the healthy node, and at most one per window to the owner (no storm):
+    // the stall lasted well under 10 windows of 1.5 s.
+    let mut per_conn: BTreeMap<String, usize> = BTreeMap::new();
+    while let Ok((_, ch, v)) = orx.try_recv() {
+        assert_ne!(ch, format!("{prefix}:orders:{other_id}"), "{v}");
+        *per_conn.entry(v["conn_id"].to_string()).or_default() += 1;
+    }
+    let window_bound = (stalled_at.elapsed().as_millis() / 1500 + 1) as usize;
+    for (conn, n) in &per_conn {
+        assert!(
+            *n <= window_bound,
+            "{n} orders for {conn} in {window_bound} windows"
+        );
+    }
+    assert_eq!(
+        metric(
+            &http,
+            &nodes[other],
+            "pricefeed_feed_disconnects_total",
+            &["reason=\"order\""]
+        )
+        .await,
+        0.0
+    );
+
+    // Wait until the owner's feed hash shows A's connection fresh, so the scheduler has no more
+    // reason to order anything. A check that read the hash just before may still send one: those
+    // are seen by this test's own subscription and allowed for below.
+    let until = Instant::now() + READY;
+    loop {
+        let fields: BTreeMap<String, i64> = redis::cmd("HGETALL")
+            .arg(format!("{prefix}:feed:{owner_id}"))
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_default();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+        let now = secs * 1000 + micros / 1000;
+        if !fields.is_empty() && fields.values().all(|t| now - t < 1000) {
+            break;
+        }
+        assert!(Instant::now() < until, "feed hash never fresh: {fields:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = metric(
+        &http,
+        &nodes[owner],
+        "pricefeed_feed_disconnects_total",
+        &["reason=\"order\""],
+    )
+    .await;
+
+    // 3. Hand-made bad orders: garbage, wrong shape, another node's id, an unknown connection,
+    //    an older term. None may cut a connection or hurt the node.
+    let conn_a = order["conn_id"].as_str().unwrap().to_string();
+    let channel = format!("{prefix}:orders:{owner_id}");
+    let bad = [
+        "not json at all".to_string(),
+        r#"{"order":"reconnect"}"#.to_string(),
+        serde_json::json!({"order":"explode","node_id":owner_id,"conn_id":conn_a,"term":term,"issued_at_ms":1,"reason":"x"}).to_string(),
+        serde_json::json!({"order":"reconnect","node_id":other_id,"conn_id":conn_a,"term":term,"issued_at_ms":1,"reason":"x"}).to_string(),
+        serde_json::json!({"order":"reconnect","node_id":owner_id,"conn_id":"spot:999","term":term,"issued_at_ms":1,"reason":"x"}).to_string(),
+        serde_json::json!({"order":"reconnect","node_id":owner_id,"conn_id":conn_a,"term":term - 1,"issued_at_ms":1,"reason":"x"}).to_string(),
+    ];
+    for b in &bad {
+        let n: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(b)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "the node and this test should both hear {channel}");
+    }
+    let until = Instant::now() + ORDER_DEADLINE;
+    loop {
+        let counted = metric(&http, &nodes[owner], "pricefeed_feed_orders_total", &[]).await;
+        let applied = metric(
+            &http,
+            &nodes[owner],
+            "pricefeed_feed_orders_total",
+            &["result=\"applied\""],
+        )
+        .await;
+        // Everything counted except the real orders of phase 1.
+        if counted - applied >= bad.len() as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "bad orders not all counted ({counted} counted, {applied} applied)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (label, at_least) in [
+        ("malformed", 3.0),
+        ("other_node", 1.0),
+        ("unknown_conn", 1.0),
+        ("stale_term", 1.0),
+    ] {
+        let n = metric(
+            &http,
+            &nodes[owner],
+            "pricefeed_feed_orders_total",
+            &[&format!("result=\"{label}\"")],
+        )
+        .await;
+        assert!(n >= at_least, "result={label}: {n}");
+    }
+    let after = metric(
+        &http,
+        &nodes[owner],
+        "pricefeed_feed_disconnects_total",
+        &["reason=\"order\""],
+    )
+    .await;
+    let r = http.get(nodes[owner].url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let now_id = price_id(&mut redis, &prefix, &key_a).await.unwrap();
+    wait_price_above(&mut redis, &prefix, &key_a, now_id, READY).await;
+    // Only scheduler orders (not ours) may have cut a connection since the baseline.
+    let mut late = 0.0;
+    while let Ok((_, _, v)) = orx.try_recv() {
+        if !bad
+            .iter()
+            .any(|b| serde_json::from_str::<Value>(b).unwrap_or(Value::Null) == v)
+        {
+            late += 1.0;
+        }
+    }
+    assert!(
+        after - before <= late,
+        "a bad order cut a connection ({before} → {after}, {late} late scheduler orders)"
+    );
+}
