@@ -37,7 +37,7 @@ pg_bindir() {
 }
 
 # Installs what the cluster and tests need when missing: Postgres, Redis, Node.js (mail sink),
-# Python venv support, curl.
+# Python venv support, curl, and (tests only, PF_NEED_BROWSER=1) Chromium for the page test.
 ensure_system_deps() {
   local pkgs=()
   pg_bindir >/dev/null || pkgs+=(postgresql)
@@ -47,6 +47,7 @@ ensure_system_deps() {
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
+  if [ "${PF_NEED_BROWSER:-}" = 1 ] && [ ! -x "${PRICEFEED_CHROMIUM:-/usr/bin/chromium}" ]; then pkgs+=(chromium); fi
   if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
   pg_bindir >/dev/null || die "Postgres server binaries not found after install (looked in /usr/lib/postgresql/*/bin)"
   command -v redis-server >/dev/null 2>&1 || die "redis-server not found after install"

@@ -14,7 +14,8 @@ t0=$SECONDS
 step() { say "[$((SECONDS - t0))s] $*"; }
 
 step "checking system dependencies"
-ensure_system_deps
+PF_NEED_BROWSER=1 ensure_system_deps
+export PRICEFEED_CHROMIUM="${PRICEFEED_CHROMIUM:-/usr/bin/chromium}"
 ensure_venv
 
 step "cargo fmt --check"

@@ -124,6 +124,20 @@ async fn bad_config_values_stop_the_binary_naming_the_key() {
             "0",
             "shutdown.drain_timeout_ms",
         ),
+        (
+            "pricefeed-sim",
+            &[],
+            "PRICEFEED__SIM__SPOT_BIND",
+            "somewhere",
+            "sim.spot_bind",
+        ),
+        (
+            "pricefeed-node",
+            &[],
+            "PRICEFEED__NODE__FEED__CONTROL_MSGS_PER_SEC",
+            "9",
+            "node.feed.control_msgs_per_sec",
+        ),
     ];
     for (binary, args, key, value, named) in cases {
         let mut env = base_env(&db);

@@ -244,6 +244,12 @@ impl Validate for SimConfig {
     }
 }
 
+impl pricefeed_runtime::cli::BinaryConfig for SimFile {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
 //! `pricefeed-sim`: runs the exchange simulator until SIGTERM/SIGINT.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use pricefeed_exchange_sim::config::SimFile;
-use pricefeed_runtime::config::{self, Sources};
+use pricefeed_runtime::cli::{self, CommonArgs};
+use pricefeed_runtime::config;
 use pricefeed_runtime::shutdown::Shutdown;
 use pricefeed_runtime::telemetry;
 
@@ -13,31 +15,20 @@ use pricefeed_runtime::telemetry;
 #[derive(Debug, Parser)]
 #[command(name = "pricefeed-sim", version)]
 struct Args {
-    /// TOML config file (default `config/default.toml` when present).
-    #[arg(long, env = "PRICEFEED_CONFIG")]
-    config: Option<PathBuf>,
-    /// `KEY=VALUE` file of `PRICEFEED__…` overrides.
-    #[arg(long, env = "PRICEFEED_ENV_FILE")]
-    env_file: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Writes `{"spot":"ip:port","futures":…,"options":…,"control":…}` once every listener is bound.
     #[arg(long)]
     ports_file: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg: SimFile = match config::load(&Sources {
-        file: args.config.clone(),
-        env_file: args.env_file.clone(),
-    }) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pricefeed-sim: {e}");
-            std::process::exit(2);
-        }
-    };
-    telemetry::init_tracing(&cfg.telemetry);
+    let common = args.common.clone();
+    cli::run_main("pricefeed-sim", &common, |cfg: SimFile| run(args, cfg))
+}
+
+async fn run(args: Args, cfg: SimFile) -> anyhow::Result<()> {
     tracing::info!(config = %config::redacted(&cfg), "effective configuration");
     let _ = telemetry::metrics_handle();
 
@@ -61,6 +52,10 @@ async fn main() -> anyhow::Result<()> {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(&a)?)?;
         std::fs::rename(&tmp, path)?;
+    }
+    if let Some(path) = &args.common.addr_file {
+        // The control listener carries /readyz, which is what a harness waits on.
+        std::fs::write(path, a.control.to_string())?;
     }
 
     shutdown.token().cancelled().await;

@@ -22,26 +22,9 @@ pub struct Running {
 /// Connects to its dependencies, migrates when configured, and serves HTTP as a tracked task.
 pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let node_id = cfg.node_id();
-    let db = pricefeed_store::pg::connect(&cfg.database).await?;
-    if cfg.database.migrate_on_start {
-        pricefeed_store::pg::migrate(&db).await?;
-    }
-    let redis = pricefeed_store::redis_conn::connect(&cfg.redis).await?;
-
     let readiness = ops::Readiness::new(shutdown.clone());
-    {
-        let db = db.clone();
-        readiness.add("postgres", move || {
-            let db = db.clone();
-            async move { pricefeed_store::pg::ping(&db).await }
-        });
-    }
-    {
-        let redis = redis.clone();
-        readiness.add("redis", move || {
-            pricefeed_store::redis_conn::ping(redis.clone())
-        });
-    }
+    let pricefeed_store::Deps { db, redis } =
+        pricefeed_store::connect_deps(&cfg.database, &cfg.redis, &readiness).await?;
 
     // Bind first: the registry record carries the address actually bound (port 0 in tests).
     let (listener, addr) = http::bind(cfg.node.http.bind).await?;

@@ -221,3 +221,9 @@ fn uuid_like() -> String {
     // RandomState is randomly keyed per process, which is all a uniqueness suffix needs.
     format!("{:016x}", RandomState::new().hash_one(std::process::id()))
 }
+
+impl pricefeed_runtime::cli::BinaryConfig for NodeConfig {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}

@@ -1,5 +1,6 @@
 //! Process plumbing shared by every pricefeed binary.
 //!
+//! - [`cli`]: the command-line flags and `main` lifecycle every binary shares.
 //! - [`config`]: typed configuration from `config/default.toml`, an optional env file and
 //!   `PRICEFEED__SECTION__KEY` overrides, validated with errors that name the key.
 //! - [`telemetry`]: tracing subscriber (human or JSON) and the Prometheus recorder.
@@ -9,6 +10,7 @@
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`tls`]: the process-wide rustls crypto provider for `https://`/`wss://` broker URLs.
 
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ops;

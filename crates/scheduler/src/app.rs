@@ -39,26 +39,9 @@ pub async fn start(
     role: Role,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Running> {
-    let db = pricefeed_store::pg::connect(&cfg.database).await?;
-    if cfg.database.migrate_on_start {
-        pricefeed_store::pg::migrate(&db).await?;
-    }
-    let redis = pricefeed_store::redis_conn::connect(&cfg.redis).await?;
-
     let readiness = ops::Readiness::new(shutdown.clone());
-    {
-        let db = db.clone();
-        readiness.add("postgres", move || {
-            let db = db.clone();
-            async move { pricefeed_store::pg::ping(&db).await }
-        });
-    }
-    {
-        let redis = redis.clone();
-        readiness.add("redis", move || {
-            pricefeed_store::redis_conn::ping(redis.clone())
-        });
-    }
+    let pricefeed_store::Deps { db, redis } =
+        pricefeed_store::connect_deps(&cfg.database, &cfg.redis, &readiness).await?;
 
     if role == Role::Scheduler {
         // Install the recorder first: gauges set before it exists are lost, and a standby must

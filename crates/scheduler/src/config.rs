@@ -157,6 +157,12 @@ impl Validate for SchedulerConfig {
     }
 }
 
+impl pricefeed_runtime::cli::BinaryConfig for SchedulerConfig {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,3 +22,36 @@ pub mod trades;
 
 #[cfg(test)]
 mod redis_tests;
+
+/// The Postgres pool and Redis connection every long-running process holds.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub db: sqlx::PgPool,
+    pub redis: redis::aio::ConnectionManager,
+}
+
+/// Connects Postgres (migrating when `database.migrate_on_start`) and Redis, and registers both
+/// as readiness checks, so every binary reports the same `postgres`/`redis` checks.
+pub async fn connect_deps(
+    database: &pricefeed_runtime::config::DatabaseConfig,
+    redis_cfg: &pricefeed_runtime::config::RedisConfig,
+    readiness: &pricefeed_runtime::ops::Readiness,
+) -> anyhow::Result<Deps> {
+    let db = pg::connect(database).await?;
+    if database.migrate_on_start {
+        pg::migrate(&db).await?;
+    }
+    let redis = redis_conn::connect(redis_cfg).await?;
+    {
+        let db = db.clone();
+        readiness.add("postgres", move || {
+            let db = db.clone();
+            async move { pg::ping(&db).await }
+        });
+    }
+    {
+        let redis = redis.clone();
+        readiness.add("redis", move || redis_conn::ping(redis.clone()));
+    }
+    Ok(Deps { db, redis })
+}

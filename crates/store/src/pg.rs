@@ -46,3 +46,11 @@ pub async fn ping(pool: &PgPool) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("postgres: {e}"))
 }
+
+/// The `migrate` subcommand: connect, apply pending migrations, log it.
+pub async fn connect_and_migrate(cfg: &DatabaseConfig) -> anyhow::Result<()> {
+    let pool = connect(cfg).await?;
+    migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
