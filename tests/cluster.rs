@@ -6,7 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use pricefeed_tests::{Proc, base_env, bin, fresh_database, signal};
+use pricefeed_tests::{
+    Proc, base_env, bin, fresh_database, get_json, http_client, key_prefix, migrate, signal,
+    start_nodes, start_schedulers,
+};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(30);
@@ -132,11 +135,6 @@ fn check_balanced(
     Ok(sizes)
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let res = http.get(url).send().await.map_err(|e| e.to_string())?;
-    res.json().await.map_err(|e| e.to_string())
-}
-
 /// The `leader` check of a scheduler's `/readyz` ("leader term=… epoch=…" or "standby").
 async fn role(http: &reqwest::Client, s: &Proc) -> String {
     get_json(http, &s.url("/readyz")).await.map_or_else(
@@ -206,39 +204,13 @@ async fn check_views(
 async fn slices_are_balanced_and_fail_over_after_kill_9() {
     let db = fresh_database().await.unwrap();
     let env = base_env(&db);
-    let prefix = env
-        .iter()
-        .find(|(k, _)| k == "PRICEFEED__REDIS__KEY_PREFIX")
-        .map(|(_, v)| v.clone())
-        .unwrap();
-    let mut migrate =
-        Proc::start("migrate", &bin("pricefeed-scheduler"), &["migrate"], &env).unwrap();
-    let st = migrate.wait_exit(READY).await.unwrap();
-    assert!(st.success(), "migrate failed:\n{}", migrate.log_tail());
+    let prefix = key_prefix(&env);
+    migrate(&env, READY).await;
     let expected = seed_instruments(&db).await;
 
-    let mut schedulers = Vec::new();
-    for name in ["sched-a", "sched-b"] {
-        schedulers.push(
-            Proc::start_ready(name, &bin("pricefeed-scheduler"), &["scheduler"], &env)
-                .await
-                .unwrap(),
-        );
-    }
-    let mut nodes = Vec::new();
-    for id in ["n1", "n2", "n3"] {
-        let mut e = env.clone();
-        e.push(("PRICEFEED__NODE__ID".into(), id.into()));
-        nodes.push(
-            Proc::start_ready(id, &bin("pricefeed-node"), &[], &e)
-                .await
-                .unwrap(),
-        );
-    }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let mut schedulers = start_schedulers(&["sched-a", "sched-b"], &env).await;
+    let mut nodes = start_nodes(&["n1", "n2", "n3"], &env).await;
+    let http = http_client(Duration::from_secs(2));
     let redis_conn = redis::Client::open(pricefeed_tests::redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -455,37 +427,12 @@ async fn slices_are_balanced_and_fail_over_after_kill_9() {
 async fn graceful_stops_hand_over_without_waiting_for_timeouts() {
     let db = fresh_database().await.unwrap();
     let env = base_env(&db);
-    let prefix = env
-        .iter()
-        .find(|(k, _)| k == "PRICEFEED__REDIS__KEY_PREFIX")
-        .map(|(_, v)| v.clone())
-        .unwrap();
-    let mut migrate =
-        Proc::start("migrate", &bin("pricefeed-scheduler"), &["migrate"], &env).unwrap();
-    assert!(migrate.wait_exit(READY).await.unwrap().success());
+    let prefix = key_prefix(&env);
+    migrate(&env, READY).await;
     let expected = seed_instruments(&db).await;
-    let mut schedulers = Vec::new();
-    for name in ["sched-a", "sched-b"] {
-        schedulers.push(
-            Proc::start_ready(name, &bin("pricefeed-scheduler"), &["scheduler"], &env)
-                .await
-                .unwrap(),
-        );
-    }
-    let mut nodes = Vec::new();
-    for id in ["n1", "n2"] {
-        let mut e = env.clone();
-        e.push(("PRICEFEED__NODE__ID".into(), id.into()));
-        nodes.push(
-            Proc::start_ready(id, &bin("pricefeed-node"), &[], &e)
-                .await
-                .unwrap(),
-        );
-    }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let mut schedulers = start_schedulers(&["sched-a", "sched-b"], &env).await;
+    let mut nodes = start_nodes(&["n1", "n2"], &env).await;
+    let http = http_client(Duration::from_secs(2));
     let redis_conn = redis::Client::open(pricefeed_tests::redis_url())
         .unwrap()
         .get_multiplexed_async_connection()

@@ -11,11 +11,13 @@
 //!    node stays ready, does not reconnect, and keeps pricing.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use pricefeed_tests::{Proc, base_env, bin, fresh_database, scratch_dir};
+use pricefeed_tests::{
+    Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
+    metric, migrate, start_nodes, start_schedulers,
+};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(30);
@@ -23,85 +25,13 @@ const READY: Duration = Duration::from_secs(30);
 /// loaded 2-core CI box.
 const ORDER_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The simulator as a child process, killed on drop.
-struct Sim {
-    child: Child,
-    ports: Value,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_sim() -> Sim {
-    let dir = scratch_dir("sim");
-    let ports_file = dir.join("ports.json");
-    let log = std::fs::File::create(dir.join("out.log")).unwrap();
-    let sim_bin = std::env::var("PRICEFEED_SIM_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| bin("pricefeed-sim"));
-    let mut cmd = Command::new(sim_bin);
-    cmd.arg("--ports-file")
-        .arg(&ports_file)
-        .env_remove("RUST_LOG")
-        .env(
-            "PRICEFEED_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
-        );
-    for (k, v) in [
-        ("SPOT_BIND", "127.0.0.1:0"),
-        ("FUTURES_BIND", "127.0.0.1:0"),
-        ("OPTIONS_BIND", "127.0.0.1:0"),
-        ("CONTROL_BIND", "127.0.0.1:0"),
-        ("UNDERLYINGS", "2"),
-        ("QUARTERLIES", "0"),
-        ("OPTION_EXPIRIES", "1"),
-        ("OPTION_STRIKES", "1"),
-        ("INITIAL_HALTED_RATIO", "0.0"),
-        ("HOT_SYMBOLS", "2"),
-        ("HOT_RATE_PER_SEC", "50.0"),
-        ("TAIL_RATE_PER_MIN", "600.0"),
-        ("LISTING_INTERVAL_MS", "0"),
-    ] {
-        cmd.env(format!("PRICEFEED__SIM__{k}"), v);
-    }
-    let child = cmd
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut sim = Sim {
-        child,
-        ports: Value::Null,
-    };
-    let until = Instant::now() + READY;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&ports_file)
-            && let Ok(v) = serde_json::from_str::<Value>(&s)
-        {
-            sim.ports = v;
-            return sim;
-        }
-        assert!(Instant::now() < until, "simulator did not start");
-        assert!(sim.child.try_wait().unwrap().is_none(), "simulator exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// The simulator's small catalogue: two underlyings, both hot.
+const SIM: [(&str, &str); 2] = [("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "2")];
 
 /// Inserts spot A (trading) and the perpetual of B, whose spot pair is stored halted so that
 /// only the perpetual is assigned; returns (A, B).
-async fn seed(http: &reqwest::Client, control: &str, db: &str) -> (String, String) {
-    let cat: Value = http
-        .get(format!("http://{control}/control/catalogue"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+async fn seed(http: &reqwest::Client, sim: &Sim, db: &str) -> (String, String) {
+    let cat = sim.catalogue(http).await;
     let list = cat["instruments"].as_array().unwrap();
     let mut spots: Vec<&Value> = list
         .iter()
@@ -141,24 +71,6 @@ async fn seed(http: &reqwest::Client, control: &str, db: &str) -> (String, Strin
         a["symbol"].as_str().unwrap().to_string(),
         perp["symbol"].as_str().unwrap().to_string(),
     )
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let res = http.get(url).send().await.map_err(|e| e.to_string())?;
-    res.json().await.map_err(|e| e.to_string())
-}
-
-/// Sum of the samples of `name` whose labels contain every `labels` entry (Prometheus text).
-async fn metric(http: &reqwest::Client, p: &Proc, name: &str, labels: &[&str]) -> f64 {
-    let Ok(res) = http.get(p.url("/metrics")).send().await else {
-        return 0.0;
-    };
-    let text = res.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Latest trade id of `key` in the Redis price hash.
@@ -219,25 +131,13 @@ async fn owner_of(http: &reqwest::Client, nodes: &[Proc], key: &str) -> Option<u
 
 #[tokio::test]
 async fn scheduler_orders_a_silent_connection_to_reconnect() {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let sim = start_sim().await;
-    let port = |m: &str| sim.ports[m].as_str().unwrap().to_string();
-    let control = port("control");
+    let http = http_client(Duration::from_secs(5));
+    let sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM].concat()).await;
+    let control = sim.port("control");
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
-    for (k, m) in [
-        ("SPOT", "spot"),
-        ("FUTURES", "futures"),
-        ("OPTIONS", "options"),
-    ] {
-        env.push((
-            format!("PRICEFEED__BROKER__{k}_WS_URL"),
-            format!("ws://{}", port(m)),
-        ));
-    }
+    // WebSocket only: REST stays pointing nowhere, so no sync replaces the seeded instruments.
+    env.extend(sim.ws_env());
     for (k, v) in [
         // Only the scheduler may notice the stall.
         ("PRICEFEED__NODE__FEED__STALL_TIMEOUT_MS", "600000"),
@@ -246,35 +146,14 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
     ] {
         env.push((k.into(), v.into()));
     }
-    let prefix = env
-        .iter()
-        .find(|(k, _)| k == "PRICEFEED__REDIS__KEY_PREFIX")
-        .map(|(_, v)| v.clone())
-        .unwrap();
-    let mut migrate =
-        Proc::start("migrate", &bin("pricefeed-scheduler"), &["migrate"], &env).unwrap();
-    assert!(
-        migrate.wait_exit(READY).await.unwrap().success(),
-        "{}",
-        migrate.log_tail()
-    );
-    let (sym_a, sym_b) = seed(&http, &control, &db).await;
+    let prefix = key_prefix(&env);
+    migrate(&env, READY).await;
+    let (sym_a, sym_b) = seed(&http, &sim, &db).await;
     let (key_a, key_b) = (format!("spot:{sym_a}"), format!("usdm:{sym_b}"));
     println!("stalled {key_a}, control {key_b}");
 
-    let sched = Proc::start_ready("sched", &bin("pricefeed-scheduler"), &["scheduler"], &env)
-        .await
-        .unwrap();
-    let mut nodes = Vec::new();
-    for id in ["n1", "n2"] {
-        let mut e = env.clone();
-        e.push(("PRICEFEED__NODE__ID".into(), id.into()));
-        nodes.push(
-            Proc::start_ready(id, &bin("pricefeed-node"), &[], &e)
-                .await
-                .unwrap(),
-        );
-    }
+    let sched = start_schedulers(&["sched"], &env).await.remove(0);
+    let nodes = start_nodes(&["n1", "n2"], &env).await;
     let client = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     // Every order on any node's channel, with its arrival time.

@@ -7,93 +7,23 @@
 //! nodes keep in Redis atomically with the latest price.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pricefeed_tests::{Proc, base_env, bin, fresh_database, scratch_dir, signal};
+use pricefeed_tests::{
+    Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
+    migrate, signal, start_nodes, start_schedulers,
+};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(30);
 const FAILOVER: Duration = Duration::from_secs(5);
 
-/// The simulator as a child process, killed on drop.
-struct Sim {
-    child: Child,
-    ports: Value,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_sim() -> Sim {
-    let dir = scratch_dir("sim");
-    let ports_file = dir.join("ports.json");
-    let log = std::fs::File::create(dir.join("out.log")).unwrap();
-    let sim_bin = std::env::var("PRICEFEED_SIM_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| bin("pricefeed-sim"));
-    let mut cmd = Command::new(sim_bin);
-    cmd.arg("--ports-file")
-        .arg(&ports_file)
-        .env_remove("RUST_LOG")
-        .env(
-            "PRICEFEED_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
-        );
-    for (k, v) in [
-        ("SPOT_BIND", "127.0.0.1:0"),
-        ("FUTURES_BIND", "127.0.0.1:0"),
-        ("OPTIONS_BIND", "127.0.0.1:0"),
-        ("CONTROL_BIND", "127.0.0.1:0"),
-        ("UNDERLYINGS", "3"),
-        ("QUARTERLIES", "0"),
-        ("OPTION_EXPIRIES", "1"),
-        ("OPTION_STRIKES", "1"),
-        ("INITIAL_HALTED_RATIO", "0.0"),
-        ("HOT_SYMBOLS", "1"),
-        ("HOT_RATE_PER_SEC", "50.0"),
-        ("TAIL_RATE_PER_MIN", "600.0"),
-        ("LISTING_INTERVAL_MS", "0"),
-    ] {
-        cmd.env(format!("PRICEFEED__SIM__{k}"), v);
-    }
-    let child = cmd
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut sim = Sim {
-        child,
-        ports: Value::Null,
-    };
-    let until = Instant::now() + READY;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&ports_file)
-            && let Ok(v) = serde_json::from_str::<Value>(&s)
-        {
-            sim.ports = v;
-            return sim;
-        }
-        assert!(Instant::now() < until, "simulator did not start");
-        assert!(sim.child.try_wait().unwrap().is_none(), "simulator exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// The simulator's small catalogue, with trades on every instrument.
+const SIM: [(&str, &str); 2] = [("UNDERLYINGS", "3"), ("HOT_SYMBOLS", "1")];
 
 /// Inserts every trading instrument of the simulator's catalogue; returns their keys.
-async fn seed_from_catalogue(http: &reqwest::Client, control: &str, db: &str) -> BTreeSet<String> {
-    let cat: Value = http
-        .get(format!("http://{control}/control/catalogue"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+async fn seed_from_catalogue(http: &reqwest::Client, sim: &Sim, db: &str) -> BTreeSet<String> {
+    let cat = sim.catalogue(http).await;
     let pool = sqlx::PgPool::connect(db).await.unwrap();
     let mut keys = BTreeSet::new();
     let list = cat["instruments"].as_array().unwrap();
@@ -143,11 +73,6 @@ async fn seed_from_catalogue(http: &reqwest::Client, control: &str, db: &str) ->
     }
     pool.close().await;
     keys
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let res = http.get(url).send().await.map_err(|e| e.to_string())?;
-    res.json().await.map_err(|e| e.to_string())
 }
 
 /// Per node: the instruments it ingests (live or pending).
@@ -221,61 +146,23 @@ async fn redis_ids(
 
 #[tokio::test]
 async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let sim = start_sim().await;
-    let port = |m: &str| sim.ports[m].as_str().unwrap().to_string();
-    let control = port("control");
+    let http = http_client(Duration::from_secs(5));
+    let sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM].concat()).await;
+    let control = sim.port("control");
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
-    for (k, m) in [
-        ("SPOT", "spot"),
-        ("FUTURES", "futures"),
-        ("OPTIONS", "options"),
-    ] {
-        env.push((
-            format!("PRICEFEED__BROKER__{k}_REST_URL"),
-            format!("http://{}", port(m)),
-        ));
-        env.push((
-            format!("PRICEFEED__BROKER__{k}_WS_URL"),
-            format!("ws://{}", port(m)),
-        ));
-    }
-    let prefix = env
-        .iter()
-        .find(|(k, _)| k == "PRICEFEED__REDIS__KEY_PREFIX")
-        .map(|(_, v)| v.clone())
-        .unwrap();
-    let mut migrate =
-        Proc::start("migrate", &bin("pricefeed-scheduler"), &["migrate"], &env).unwrap();
-    assert!(
-        migrate.wait_exit(READY).await.unwrap().success(),
-        "{}",
-        migrate.log_tail()
-    );
-    let expected = seed_from_catalogue(&http, &control, &db).await;
+    env.extend(sim.broker_env());
+    let prefix = key_prefix(&env);
+    migrate(&env, READY).await;
+    let expected = seed_from_catalogue(&http, &sim, &db).await;
     println!("{} instruments: {expected:?}", expected.len());
     assert!(
         expected.iter().any(|k| k.starts_with("usdm:"))
             && expected.iter().any(|k| k.starts_with("options:"))
     );
 
-    let _sched = Proc::start_ready("sched", &bin("pricefeed-scheduler"), &["scheduler"], &env)
-        .await
-        .unwrap();
-    let mut nodes = Vec::new();
-    for id in ["n1", "n2", "n3"] {
-        let mut e = env.clone();
-        e.push(("PRICEFEED__NODE__ID".into(), id.into()));
-        nodes.push(
-            Proc::start_ready(id, &bin("pricefeed-node"), &[], &e)
-                .await
-                .unwrap(),
-        );
-    }
+    let _sched = start_schedulers(&["sched"], &env).await;
+    let mut nodes = start_nodes(&["n1", "n2", "n3"], &env).await;
     let mut redis = redis::Client::open(pricefeed_tests::redis_url())
         .unwrap()
         .get_multiplexed_async_connection()

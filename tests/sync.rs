@@ -9,11 +9,10 @@
 //! `sim.listing_interval_ms`, so the expected state is known when the test compares it.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use pricefeed_tests::{Proc, base_env, bin, fresh_database, scratch_dir, unique};
+use pricefeed_tests::{Proc, Sim, base_env, bin, fresh_database, http_client, metric, unique};
 use serde_json::Value;
 
 const UNDERLYINGS_MS: u64 = 1_500;
@@ -24,78 +23,21 @@ const WITHIN: Duration = Duration::from_millis(UNDERLYINGS_MS + 3_000);
 /// (market, symbol, kind, underlying, status or DELISTED) — one instrument as the sync must store it.
 type Row = (String, String, String, String, String);
 
-/// Starts the simulator binary; `ports` = `None` for OS-chosen ports, else the ports file of an
-/// earlier run (to come back on the same addresses).
-async fn start_sim(ports: Option<&Value>) -> (Proc, Value) {
-    let dir = scratch_dir("sim");
-    let log = dir.join("out.log");
-    let ports_file = dir.join("ports.json");
-    let out = std::fs::File::create(&log).unwrap();
-    let bind = |k: &str| {
-        ports
-            .and_then(|p| p[k].as_str())
-            .unwrap_or("127.0.0.1:0")
-            .to_string()
-    };
-    let mut cmd = Command::new(bin("pricefeed-sim"));
-    cmd.arg("--ports-file").arg(&ports_file);
-    cmd.env_remove("RUST_LOG")
-        .env(
-            "PRICEFEED_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
-        )
-        .env("PRICEFEED__SIM__SPOT_BIND", bind("spot"))
-        .env("PRICEFEED__SIM__FUTURES_BIND", bind("futures"))
-        .env("PRICEFEED__SIM__OPTIONS_BIND", bind("options"))
-        .env("PRICEFEED__SIM__CONTROL_BIND", bind("control"))
-        .env("PRICEFEED__SIM__UNDERLYINGS", "4")
-        .env("PRICEFEED__SIM__QUARTERLIES", "1")
-        .env("PRICEFEED__SIM__OPTION_EXPIRIES", "1")
-        .env("PRICEFEED__SIM__OPTION_STRIKES", "2")
-        .env("PRICEFEED__SIM__HOT_SYMBOLS", "1")
-        .env("PRICEFEED__SIM__HOT_RATE_PER_SEC", "5")
-        .env("PRICEFEED__SIM__LISTING_INTERVAL_MS", "0")
-        .env("RUST_LOG", "info");
-    let child = cmd
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut p = Proc {
-        name: "sim".into(),
-        child,
-        log,
-        addr: None,
-    };
-    let until = Instant::now() + Duration::from_secs(30);
-    let ports = loop {
-        if let Ok(s) = std::fs::read_to_string(&ports_file)
-            && let Ok(v) = serde_json::from_str::<Value>(&s)
-        {
-            break v;
-        }
-        if let Ok(Some(st)) = p.child.try_wait() {
-            panic!("sim exited with {st}:\n{}", p.log_tail());
-        }
-        assert!(Instant::now() < until, "sim not up:\n{}", p.log_tail());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    p.addr = ports["control"].as_str().map(str::to_string);
-    (p, ports)
-}
+/// The simulator's small catalogue, listing churn only on demand.
+const SIM: [(&str, &str); 7] = [
+    ("UNDERLYINGS", "4"),
+    ("QUARTERLIES", "1"),
+    ("OPTION_EXPIRIES", "1"),
+    ("OPTION_STRIKES", "2"),
+    ("HOT_SYMBOLS", "1"),
+    ("HOT_RATE_PER_SEC", "5"),
+    ("LISTING_INTERVAL_MS", "0"),
+];
 
 /// What Postgres must hold for the simulator's catalogue, given what it held before (`known`):
 /// an instrument the broker no longer lists at all stays stored, marked delisted.
-async fn expected(http: &reqwest::Client, sim: &Proc, known: &BTreeSet<Row>) -> BTreeSet<Row> {
-    let v: Value = http
-        .get(sim.url("/control/catalogue"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+async fn expected(http: &reqwest::Client, sim: &Sim, known: &BTreeSet<Row>) -> BTreeSet<Row> {
+    let v = sim.catalogue(http).await;
     let mut want = v["instruments"]
         .as_array()
         .unwrap()
@@ -153,7 +95,7 @@ async fn stored(db: &sqlx::PgPool) -> BTreeSet<Row> {
 /// Polls until Postgres matches the simulator's catalogue; returns how long it took.
 async fn converge(
     http: &reqwest::Client,
-    sim: &Proc,
+    sim: &Sim,
     db: &sqlx::PgPool,
     within: Duration,
 ) -> Duration {
@@ -178,26 +120,19 @@ async fn converge(
 
 /// Sum of `pricefeed_sync_runs_total` samples with `kind` and `result`.
 async fn sync_runs(http: &reqwest::Client, sched: &Proc, kind: &str, result: &str) -> u64 {
-    let Ok(res) = http.get(sched.url("/metrics")).send().await else {
-        return 0;
-    };
-    let text = res.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("pricefeed_sync_runs_total{"))
-        .filter(|l| {
-            l.contains(&format!("kind=\"{kind}\"")) && l.contains(&format!("result=\"{result}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    metric(
+        http,
+        sched,
+        "pricefeed_sync_runs_total",
+        &[&format!("kind=\"{kind}\""), &format!("result=\"{result}\"")],
+    )
+    .await as u64
 }
 
 #[tokio::test]
 async fn catalogue_listings_and_broker_outage() {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let (mut sim, ports) = start_sim(None).await;
+    let http = http_client(Duration::from_secs(10));
+    let mut sim = Sim::start(&SIM).await;
     let db_url = fresh_database().await.unwrap();
     let mut env = base_env(&db_url);
     let prefix = unique("pfsync");
@@ -211,23 +146,12 @@ async fn catalogue_listings_and_broker_outage() {
             "PRICEFEED__SCHEDULER__SYNC_DERIVATIVES_MS",
             DERIVATIVES_MS.to_string(),
         ),
-        (
-            "PRICEFEED__BROKER__SPOT_REST_URL",
-            format!("http://{}", ports["spot"].as_str().unwrap()),
-        ),
-        (
-            "PRICEFEED__BROKER__FUTURES_REST_URL",
-            format!("http://{}", ports["futures"].as_str().unwrap()),
-        ),
-        (
-            "PRICEFEED__BROKER__OPTIONS_REST_URL",
-            format!("http://{}", ports["options"].as_str().unwrap()),
-        ),
         ("PRICEFEED__BROKER__REST_CONNECT_TIMEOUT_MS", "500".into()),
         ("PRICEFEED__BROKER__REST_TIMEOUT_MS", "2000".into()),
     ] {
         env.push((k.into(), v));
     }
+    env.extend(sim.rest_env());
     let redis = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
     let mut pubsub = redis.get_async_pubsub().await.unwrap();
     pubsub
@@ -248,14 +172,7 @@ async fn catalogue_listings_and_broker_outage() {
     // 1. The whole catalogue, with derivative → underlying links, kinds and statuses.
     let took = converge(&http, &sim, &db, Duration::from_secs(20)).await;
     let n = stored(&db).await.len();
-    let want_counts: Value = http
-        .get(sim.url("/control/catalogue"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let want_counts = sim.catalogue(&http).await;
     assert_eq!(n as u64, want_counts["count"].as_u64().unwrap());
     println!("initial sync: {n} instruments in Postgres after {took:?}");
     let announced = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
@@ -281,7 +198,7 @@ async fn catalogue_listings_and_broker_outage() {
         );
         steps += 1;
         let change: Value = http
-            .post(sim.url("/control/listings/step"))
+            .post(sim.proc.url("/control/listings/step"))
             .send()
             .await
             .unwrap()
@@ -308,7 +225,7 @@ async fn catalogue_listings_and_broker_outage() {
     // 3. Broker down: syncs fail, Postgres stays exactly as it was (no delisting of everything).
     let errors_before = sync_runs(&http, &sched, "derivatives", "error").await
         + sync_runs(&http, &sched, "underlyings", "error").await;
-    sim.terminate(Duration::from_secs(15)).await.unwrap();
+    sim.proc.terminate(Duration::from_secs(15)).await.unwrap();
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let errors = sync_runs(&http, &sched, "derivatives", "error").await
@@ -331,7 +248,7 @@ async fn catalogue_listings_and_broker_outage() {
     // 4. Broker back (same seed, so the catalogue restarts from its initial state): sync recovers
     //    and Postgres follows the broker again, relisting what the restart brought back.
     let ok_before = sync_runs(&http, &sched, "derivatives", "ok").await;
-    let (sim2, _) = start_sim(Some(&ports)).await;
+    let sim2 = sim.restart_same_ports().await;
     let took = converge(&http, &sim2, &db, Duration::from_secs(30)).await;
     assert!(sync_runs(&http, &sched, "derivatives", "ok").await > ok_before);
     println!("sync recovered {took:?} after the broker came back");

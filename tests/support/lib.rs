@@ -5,12 +5,14 @@
 //! Every wait is a poll on a condition with a deadline; children are stopped with SIGTERM (then
 //! SIGKILL) when their handle drops, so a failing test leaves nothing running.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde_json::Value;
 
 /// Directory holding the built binaries.
 pub fn bin_dir() -> PathBuf {
@@ -136,12 +138,25 @@ impl Proc {
         args: &[&str],
         env: &[(String, String)],
     ) -> anyhow::Result<Self> {
+        Self::start_with(name, binary, args, env, |dir| {
+            vec!["--addr-file".into(), dir.join("addr").into()]
+        })
+    }
+
+    /// Like [`Proc::start`], but the arguments put before `args` come from `lead`, given the
+    /// process's scratch directory (which also holds its `out.log`).
+    pub fn start_with(
+        name: &str,
+        binary: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        lead: impl FnOnce(&Path) -> Vec<OsString>,
+    ) -> anyhow::Result<Self> {
         let dir = scratch_dir(name);
         let log = dir.join("out.log");
-        let addr_file = dir.join("addr");
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(binary);
-        cmd.arg("--addr-file").arg(&addr_file).args(args);
+        cmd.args(lead(&dir)).args(args);
         cmd.env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
@@ -220,32 +235,36 @@ impl Proc {
     /// Sends SIGTERM and waits for the exit status, up to `deadline`.
     pub async fn terminate(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
         signal(self.child.id(), "TERM");
-        let until = Instant::now() + deadline;
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st);
-            }
-            if Instant::now() > until {
-                bail!(
-                    "{} still running {deadline:?} after SIGTERM:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.poll_exit(deadline, "still running", "after SIGTERM")
+            .await
     }
 
     /// Waits for the process to exit by itself.
     pub async fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        self.poll_exit(deadline, "did not exit within", "").await
+    }
+
+    /// Polls for the exit status until `deadline`; on timeout fails with
+    /// "`{name} {what} {deadline:?}{after}`" and the log tail.
+    async fn poll_exit(
+        &mut self,
+        deadline: Duration,
+        what: &str,
+        after: &str,
+    ) -> anyhow::Result<ExitStatus> {
         let until = Instant::now() + deadline;
         loop {
             if let Some(st) = self.child.try_wait()? {
                 return Ok(st);
             }
             if Instant::now() > until {
+                let after = if after.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {after}")
+                };
                 bail!(
-                    "{} did not exit within {deadline:?}:\n{}",
+                    "{} {what} {deadline:?}{after}:\n{}",
                     self.name,
                     self.log_tail()
                 );
@@ -306,5 +325,246 @@ where
             return Err(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP client whose every request gives up after `timeout`.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("build HTTP client")
+}
+
+/// `GET url` as JSON; any transport or decoding error as a string (for polling loops).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let res = http.get(url).send().await.map_err(|e| e.to_string())?;
+    res.json().await.map_err(|e| e.to_string())
+}
+
+/// Sum of the samples of metric `name` in Prometheus exposition `text` whose line contains every
+/// `labels` entry (e.g. `reason="order"`); 0 when there is none.
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`metric_value`] read from `p`'s `/metrics`; 0 when the process does not answer.
+pub async fn metric(http: &reqwest::Client, p: &Proc, name: &str, labels: &[&str]) -> f64 {
+    let Ok(res) = http.get(p.url("/metrics")).send().await else {
+        return 0.0;
+    };
+    metric_value(&res.text().await.unwrap_or_default(), name, labels)
+}
+
+/// The value of `key` in an environment built by [`base_env`] (the last entry wins, as for the
+/// child process); panics when it is absent.
+pub fn env_value(env: &[(String, String)], key: &str) -> String {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{key} not in the environment"))
+}
+
+/// The Redis key prefix of `env` (`PRICEFEED__REDIS__KEY_PREFIX`).
+pub fn key_prefix(env: &[(String, String)]) -> String {
+    env_value(env, "PRICEFEED__REDIS__KEY_PREFIX")
+}
+
+/// Runs `pricefeed-scheduler migrate` with `env` to completion (within `deadline`), panicking
+/// with its log when it fails.
+pub async fn migrate(env: &[(String, String)], deadline: Duration) {
+    let mut p = Proc::start("migrate", &bin("pricefeed-scheduler"), &["migrate"], env).unwrap();
+    let st = p.wait_exit(deadline).await.unwrap();
+    assert!(st.success(), "migrate failed:\n{}", p.log_tail());
+}
+
+/// Starts one ready `pricefeed-scheduler scheduler` per name, in order, with `env`.
+pub async fn start_schedulers(names: &[&str], env: &[(String, String)]) -> Vec<Proc> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push(
+            Proc::start_ready(name, &bin("pricefeed-scheduler"), &["scheduler"], env)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Starts one ready `pricefeed-node` per id, in order, with `env` plus
+/// `PRICEFEED__NODE__ID=<id>`; each process is named after its id.
+pub async fn start_nodes(ids: &[&str], env: &[(String, String)]) -> Vec<Proc> {
+    let mut out = Vec::new();
+    for id in ids {
+        let mut e = env.to_vec();
+        e.push(("PRICEFEED__NODE__ID".into(), id.to_string()));
+        out.push(
+            Proc::start_ready(id, &bin("pricefeed-node"), &[], &e)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// The markets the simulator serves, as (broker config key part, ports-file key).
+const SIM_MARKETS: [(&str, &str); 3] = [
+    ("SPOT", "spot"),
+    ("FUTURES", "futures"),
+    ("OPTIONS", "options"),
+];
+
+/// [`Sim::start`] overrides for a small catalogue that trades on every instrument: no
+/// quarterlies, one option expiry with one strike, nothing halted, no listing churn. Tests add
+/// `UNDERLYINGS` and `HOT_SYMBOLS`.
+pub const SMALL_CATALOGUE: [(&str, &str); 7] = [
+    ("QUARTERLIES", "0"),
+    ("OPTION_EXPIRIES", "1"),
+    ("OPTION_STRIKES", "1"),
+    ("INITIAL_HALTED_RATIO", "0.0"),
+    ("HOT_RATE_PER_SEC", "50.0"),
+    ("TAIL_RATE_PER_MIN", "600.0"),
+    ("LISTING_INTERVAL_MS", "0"),
+];
+
+/// The `pricefeed-sim` binary: `PRICEFEED_SIM_BIN` when set, else the workspace build.
+pub fn sim_bin() -> PathBuf {
+    std::env::var("PRICEFEED_SIM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| bin("pricefeed-sim"))
+}
+
+/// A running `pricefeed-sim` (stopped like any [`Proc`] on drop) and the addresses it reported
+/// through `--ports-file`: `{"spot", "futures", "options", "control"}` → `host:port`. The
+/// process's `addr` is the control address, so `sim.proc.url("/control/…")` works.
+#[derive(Debug)]
+pub struct Sim {
+    pub proc: Proc,
+    pub ports: Value,
+    overrides: Vec<(String, String)>,
+}
+
+impl Sim {
+    /// Starts the simulator on OS-chosen ports with the repository's default config and
+    /// `overrides` as `PRICEFEED__SIM__<KEY>=<value>` (e.g. `("UNDERLYINGS", "3")`), and waits
+    /// (30 s at most) until it has written its ports file; panics with its log otherwise.
+    pub async fn start(overrides: &[(&str, &str)]) -> Sim {
+        let overrides = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_on(None, overrides).await
+    }
+
+    /// Starts a new simulator with the same overrides on the same addresses as this one (which
+    /// must have stopped, e.g. with `sim.proc.terminate(…)`), to bring a broker back.
+    pub async fn restart_same_ports(&self) -> Sim {
+        Self::start_on(Some(&self.ports), self.overrides.clone()).await
+    }
+
+    async fn start_on(ports: Option<&Value>, overrides: Vec<(String, String)>) -> Sim {
+        let bind = |k: &str| {
+            ports
+                .and_then(|p| p[k].as_str())
+                .unwrap_or("127.0.0.1:0")
+                .to_string()
+        };
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "PRICEFEED_CONFIG".into(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml").into(),
+            ),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        for k in ["spot", "futures", "options", "control"] {
+            env.push((
+                format!("PRICEFEED__SIM__{}_BIND", k.to_uppercase()),
+                bind(k),
+            ));
+        }
+        for (k, v) in &overrides {
+            env.push((format!("PRICEFEED__SIM__{k}"), v.clone()));
+        }
+        // `Proc::start` passes `--addr-file`; the simulator reports its addresses through
+        // `--ports-file` instead, written next to the log.
+        let mut proc = Proc::start_with("sim", &sim_bin(), &[], &env, |dir| {
+            vec!["--ports-file".into(), dir.join("ports.json").into()]
+        })
+        .unwrap();
+        let ports_file = proc.log.with_file_name("ports.json");
+        let until = Instant::now() + Duration::from_secs(30);
+        let ports = loop {
+            if let Ok(s) = std::fs::read_to_string(&ports_file)
+                && let Ok(v) = serde_json::from_str::<Value>(&s)
+            {
+                break v;
+            }
+            if let Ok(Some(st)) = proc.child.try_wait() {
+                panic!("sim exited with {st}:\n{}", proc.log_tail());
+            }
+            assert!(Instant::now() < until, "sim not up:\n{}", proc.log_tail());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        proc.addr = ports["control"].as_str().map(str::to_string);
+        Sim {
+            proc,
+            ports,
+            overrides,
+        }
+    }
+
+    /// `host:port` of one of the simulator's listeners (`spot`, `futures`, `options`,
+    /// `control`).
+    pub fn port(&self, which: &str) -> String {
+        self.ports[which]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {which} in the ports file: {}", self.ports))
+            .to_string()
+    }
+
+    /// `PRICEFEED__BROKER__{SPOT,FUTURES,OPTIONS}_REST_URL` pointing at this simulator.
+    pub fn rest_env(&self) -> Vec<(String, String)> {
+        self.urls_env("REST", "http")
+    }
+
+    /// `PRICEFEED__BROKER__{SPOT,FUTURES,OPTIONS}_WS_URL` pointing at this simulator.
+    pub fn ws_env(&self) -> Vec<(String, String)> {
+        self.urls_env("WS", "ws")
+    }
+
+    /// `PRICEFEED__BROKER__<MARKET>_<kind>_URL` = `<scheme>://<market's address>` per market.
+    fn urls_env(&self, kind: &str, scheme: &str) -> Vec<(String, String)> {
+        SIM_MARKETS
+            .iter()
+            .map(|(k, m)| {
+                (
+                    format!("PRICEFEED__BROKER__{k}_{kind}_URL"),
+                    format!("{scheme}://{}", self.port(m)),
+                )
+            })
+            .collect()
+    }
+
+    /// Both [`Sim::rest_env`] and [`Sim::ws_env`]: the whole broker pointed at this simulator.
+    pub fn broker_env(&self) -> Vec<(String, String)> {
+        let mut env = self.rest_env();
+        env.extend(self.ws_env());
+        env
+    }
+
+    /// The simulator's catalogue (`GET /control/catalogue`).
+    pub async fn catalogue(&self, http: &reqwest::Client) -> Value {
+        http.get(self.proc.url("/control/catalogue"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
