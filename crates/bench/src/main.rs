@@ -1,0 +1,173 @@
+//! `pricefeed-bench`: cluster benchmarks of issue 5, run against the real release binaries.
+//!
+//! Each subcommand starts its own private Postgres and Redis, the exchange simulator, the
+//! scheduler and one or two API nodes on loopback (ports from the OS), measures, prints a
+//! Markdown table for `docs/benchmarks.md`, and stops every child by PID (also on error,
+//! Ctrl-C or SIGTERM). Durations are bounded; logs stay in the run directory on failure.
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! target/release/pricefeed-bench e2e|latency|prices|memory|all
+//! ```
+
+mod cluster;
+mod e2e;
+mod latency;
+mod memory;
+mod prices;
+mod procs;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::cluster::{Cluster, Env};
+use crate::report::Table;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pricefeed-bench",
+    about = "pricefeed cluster benchmarks (issue 5)"
+)]
+struct Cli {
+    /// Directory of the release binaries (default: this binary's directory).
+    #[arg(long, global = true)]
+    bin_dir: Option<PathBuf>,
+    /// Base configuration (default: `<workspace>/config/default.toml`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Keep the run directory (logs, Postgres data) even when the run succeeds.
+    #[arg(long, global = true)]
+    keep: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Simulator (load mode) → one node → Redis: sustained trades/s, loss, CPU per trade.
+    E2e(e2e::Args),
+    /// Trade time → visible on the non-owning node, at 20 000 trades/s (p50/p99/max).
+    Latency(latency::Args),
+    /// wrk on GET /api/v1/prices/{symbol}: node vs bare axum handler, one run.
+    Prices(prices::Args),
+    /// RSS of a node holding ≥ 2 000 instruments at steady state.
+    Memory(memory::Args),
+    /// All four with their defaults, one after the other.
+    All,
+}
+
+/// The first `n` spot pairs of the catalogue: the load-mode symbols.
+pub async fn load_symbols(c: &Cluster, n: usize) -> anyhow::Result<Vec<String>> {
+    let v = c
+        .get_json(&format!(
+            "http://{}/control/catalogue?market=spot",
+            c.sim.control
+        ))
+        .await?;
+    let mut spot: Vec<(u64, String)> = v["instruments"]
+        .as_array()
+        .context("catalogue")?
+        .iter()
+        .filter_map(|i| {
+            Some((
+                i["underlying_no"].as_u64()?,
+                i["symbol"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    spot.sort();
+    Ok(spot.into_iter().take(n).map(|(_, s)| s).collect())
+}
+
+async fn run_one(env: &Env, cmd: &Cmd) -> anyhow::Result<Vec<Table>> {
+    let sub = |name: &str| Env {
+        run_dir: env.run_dir.join(name),
+        ..env.clone()
+    };
+    Ok(match cmd {
+        Cmd::E2e(a) => vec![e2e::run(&sub("e2e"), a).await?],
+        Cmd::Latency(a) => vec![latency::run(&sub("latency"), a).await?],
+        Cmd::Prices(a) => vec![prices::run(&sub("prices"), a).await?],
+        Cmd::Memory(a) => vec![memory::run(&sub("memory"), a).await?],
+        Cmd::All => {
+            let mut out = Vec::new();
+            // Parse each subcommand's defaults through clap so they match the single runs.
+            for name in ["e2e", "latency", "prices", "memory"] {
+                let cli = Cli::try_parse_from(["pricefeed-bench", name])?;
+                let t = Box::pin(run_one(env, &cli.cmd)).await?;
+                for t in t {
+                    println!("{t}");
+                    out.push(t);
+                }
+            }
+            return Ok(out);
+        }
+    })
+}
+
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let bin_dir = cli.bin_dir.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("target/release"))
+    });
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| cluster::guess_root(&bin_dir).join("config/default.toml"));
+    let sub = match &cli.cmd {
+        Cmd::E2e(_) => "e2e",
+        Cmd::Latency(_) => "latency",
+        Cmd::Prices(_) => "prices",
+        Cmd::Memory(_) => "memory",
+        Cmd::All => "all",
+    };
+    let env = Env {
+        bin_dir,
+        config,
+        run_dir: cluster::run_dir(sub),
+    };
+    // Dropping the run future (signal) drops the cluster, which stops every child by PID.
+    let res = tokio::select! {
+        r = run_one(&env, &cli.cmd) => r,
+        () = terminated() => Err(anyhow::anyhow!("interrupted; children stopped")),
+    };
+    match res {
+        Ok(tables) => {
+            if !matches!(cli.cmd, Cmd::All) {
+                for t in tables {
+                    println!("{t}");
+                }
+            }
+            if cli.keep {
+                eprintln!("run directory kept: {}", env.run_dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&env.run_dir);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pricefeed-bench {sub}: {e:#}");
+            eprintln!("logs: {}", env.run_dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
