@@ -22,17 +22,27 @@ use std::time::Duration;
 use pricefeed_domain::trade::Trade;
 use pricefeed_runtime::config::TradesConfig;
 use pricefeed_runtime::shutdown::Shutdown;
+use std::sync::Arc;
+
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// One queued row.
-#[derive(Debug)]
-struct Row {
-    market: Cow<'static, str>,
-    trade: Trade,
+/// One queued row. The symbol is shared (`Arc<str>`) with the ingest state, so queueing a trade
+/// costs no allocation on the hot path.
+#[derive(Debug, Clone)]
+pub struct TradeRow {
+    pub market: Cow<'static, str>,
+    pub symbol: Arc<str>,
+    pub trade_id: u64,
+    pub price: Decimal,
+    pub qty: Decimal,
+    pub ts_ms: i64,
+    pub buyer_is_maker: bool,
 }
+
+type Row = TradeRow;
 
 /// The queue is full (or the writer has stopped): the trade was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +53,9 @@ pub struct Full;
 #[derive(Debug, Clone)]
 pub struct TradeWriterHandle {
     tx: mpsc::Sender<Row>,
+    /// Resolved once: a `counter!` lookup per refused trade would cost most when the queue is
+    /// already full, i.e. under the highest load.
+    full: metrics::Counter,
 }
 
 impl TradeWriterHandle {
@@ -55,15 +68,23 @@ impl TradeWriterHandle {
             "options" => Cow::Borrowed("options"),
             other => Cow::Owned(other.to_string()),
         };
-        self.tx
-            .try_send(Row {
-                market,
-                trade: t.clone(),
-            })
-            .map_err(|_| {
-                metrics::counter!("pricefeed_trade_writer_queue_full_total").increment(1);
-                Full
-            })
+        self.try_send_row(TradeRow {
+            market,
+            symbol: Arc::from(t.symbol.as_str()),
+            trade_id: t.trade_id,
+            price: t.price,
+            qty: t.qty,
+            ts_ms: t.ts_ms,
+            buyer_is_maker: t.buyer_is_maker,
+        })
+    }
+
+    /// Queues a prepared row without waiting; the hot path's variant of [`Self::try_send`].
+    pub fn try_send_row(&self, row: TradeRow) -> Result<(), Full> {
+        self.tx.try_send(row).map_err(|_| {
+            self.full.increment(1);
+            Full
+        })
     }
 }
 
@@ -80,7 +101,10 @@ impl TradeWriter {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
         let token = shutdown.token();
         shutdown.tracker().spawn(run(pool, cfg, rx, token));
-        TradeWriterHandle { tx }
+        TradeWriterHandle {
+            tx,
+            full: metrics::counter!("pricefeed_trade_writer_queue_full_total"),
+        }
     }
 }
 
@@ -171,16 +195,16 @@ async fn insert_batch(pool: &PgPool, rows: &[Row]) -> Result<u64, sqlx::Error> {
     let mut maker = Vec::with_capacity(n);
     for r in rows {
         // Ids beyond i64 do not exist on any venue; such a row can only be corrupt.
-        let Ok(tid) = i64::try_from(r.trade.trade_id) else {
+        let Ok(tid) = i64::try_from(r.trade_id) else {
             continue;
         };
         market.push(r.market.as_ref());
-        symbol.push(r.trade.symbol.as_str());
+        symbol.push(&*r.symbol);
         id.push(tid);
-        price.push(r.trade.price);
-        qty.push(r.trade.qty);
-        ts_ms.push(r.trade.ts_ms);
-        maker.push(r.trade.buyer_is_maker);
+        price.push(r.price);
+        qty.push(r.qty);
+        ts_ms.push(r.ts_ms);
+        maker.push(r.buyer_is_maker);
     }
     let res = sqlx::query(
         "INSERT INTO trades (market, symbol, trade_id, price, qty, ts, ts_ms, buyer_is_maker) \

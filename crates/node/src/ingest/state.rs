@@ -23,7 +23,7 @@ use pricefeed_broker::ws::TradeRef;
 use pricefeed_domain::instrument::{InstrumentKey, Market};
 use pricefeed_domain::sequence::{Observed, SeqConfig, SeqTracker};
 use pricefeed_domain::trade::{Trade, TradeError, validate_fields};
-use pricefeed_store::trades::TradeWriterHandle;
+use pricefeed_store::trades::{TradeRow, TradeWriterHandle};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -81,6 +81,8 @@ enum Phase {
 #[derive(Debug)]
 struct Instr {
     key: InstrumentKey,
+    /// The exchange symbol, shared with queued history rows (no allocation per trade).
+    sym: std::sync::Arc<str>,
     phase: Phase,
     tracker: SeqTracker,
     latest: Option<Latest>,
@@ -237,6 +239,7 @@ impl Core {
                 key.symbol_str().into(),
                 Instr {
                     key: key.clone(),
+                    sym: std::sync::Arc::from(key.symbol_str()),
                     phase: Phase::Pending {
                         epoch,
                         prev_gone: prev_gone(key),
@@ -313,18 +316,17 @@ impl Core {
         if v == Verdict::Accepted {
             self.accepted_by_market[m] += 1;
             if let Some(w) = &self.writer {
-                // History needs an owned trade; this is the only per-trade allocation, and only
-                // when a writer is attached. A full queue is counted by the writer and refilled
-                // by REST reconciliation, never waited for.
-                let trade = Trade {
-                    symbol: i.key.symbol(),
+                // A full queue is counted by the writer and refilled by REST reconciliation,
+                // never waited for.
+                let _ = w.try_send_row(TradeRow {
+                    market: std::borrow::Cow::Borrowed(market.as_str()),
+                    symbol: i.sym.clone(),
                     trade_id: t.id,
                     price: t.price,
                     qty: t.qty,
                     ts_ms: t.ts_ms,
                     buyer_is_maker: t.buyer_is_maker,
-                };
-                let _ = w.try_send(market.as_str(), &trade);
+                });
             }
         }
         v
