@@ -45,19 +45,89 @@ pub fn with_common_layers(router: Router, request_timeout: Duration) -> Router {
 
 async fn record_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    // The matched route template, not the raw path, keeps label cardinality bounded.
+    // The matched route template, not the raw path, keeps label cardinality bounded; labels are
+    // `&'static str` so recording allocates nothing per request.
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+        .map_or("unmatched", |p| intern(p.as_str()));
+    let method = method_label(req.method());
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    let status = status_label(res.status());
+    metrics::counter!("http_requests_total", "method" => method, "route" => route, "status" => status).increment(1);
     metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
         .record(start.elapsed().as_secs_f64());
     res
+}
+
+/// Route templates as `'static` strings. The set is bounded by the router's routes, so leaking
+/// each once is the cheapest correct interning.
+fn intern(route: &str) -> &'static str {
+    static ROUTES: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+    if let Some(r) = ROUTES
+        .read()
+        .expect("routes lock")
+        .iter()
+        .find(|r| **r == route)
+    {
+        return r;
+    }
+    let mut w = ROUTES.write().expect("routes lock");
+    if let Some(r) = w.iter().find(|r| **r == route) {
+        return r;
+    }
+    let leaked: &'static str = Box::leak(route.to_owned().into_boxed_str());
+    w.push(leaked);
+    leaked
+}
+
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_label(s: StatusCode) -> &'static str {
+    const CODES: [(u16, &str); 20] = [
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (301, "301"),
+        (302, "302"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (409, "409"),
+        (415, "415"),
+        (422, "422"),
+        (429, "429"),
+        (500, "500"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    CODES.iter().find(|(c, _)| *c == s.as_u16()).map_or(
+        match s.as_u16() / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        },
+        |(_, l)| l,
+    )
 }
 
 /// Binds `addr`; returns the listener and the actual address (port 0 resolves here).
@@ -85,4 +155,20 @@ pub fn spawn_server(listener: tokio::net::TcpListener, router: Router, shutdown:
             trigger.trigger();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_static_and_bounded() {
+        assert_eq!(status_label(StatusCode::OK), "200");
+        assert_eq!(status_label(StatusCode::IM_A_TEAPOT), "4xx");
+        assert_eq!(status_label(StatusCode::BAD_GATEWAY), "5xx");
+        assert_eq!(method_label(&axum::http::Method::GET), "GET");
+        let a = intern("/api/v1/prices/{symbol}");
+        let b = intern(&String::from("/api/v1/prices/{symbol}"));
+        assert!(std::ptr::eq(a, b), "one leaked string per route");
+    }
 }
