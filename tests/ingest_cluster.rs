@@ -4,14 +4,16 @@
 //! node gets its instruments priced again on the survivors within 5 s (printed), and that over
 //! the whole run the cluster accepted exactly the simulator's trade ids per instrument (none
 //! lost across joins, handovers and the kill, none twice), using the cluster-wide counters the
-//! nodes keep in Redis atomically with the latest price.
+//! nodes keep in Redis atomically with the latest price. Also checks that nodes answer prices
+//! of instruments they do not own from their tick-fed price cache (hit counter grows) and that,
+//! once trades stop, no node serves a price behind the one in Redis.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use pricefeed_tests::{
     Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
-    migrate, signal, start_nodes, start_schedulers,
+    metric, migrate, signal, start_nodes, start_schedulers,
 };
 use serde_json::Value;
 
@@ -144,10 +146,32 @@ async fn redis_ids(
         .collect()
 }
 
+const HIT: [&str; 1] = ["result=\"hit\""];
+
+/// `trade_id` served by `n` for every key (0 when it does not answer with a price).
+async fn served_ids(
+    http: &reqwest::Client,
+    n: &Proc,
+    keys: &BTreeSet<String>,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let (market, symbol) = key.split_once(':').unwrap();
+        let v = get_json(
+            http,
+            &n.url(&format!("/api/v1/prices/{symbol}?market={market}")),
+        )
+        .await
+        .unwrap_or_default();
+        out.insert(key.clone(), v["trade_id"].as_u64().unwrap_or(0));
+    }
+    out
+}
+
 #[tokio::test]
 async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
     let http = http_client(Duration::from_secs(5));
-    let sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM].concat()).await;
+    let mut sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM].concat()).await;
     let control = sim.port("control");
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
@@ -211,6 +235,15 @@ async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
                 n.name
             );
         }
+    }
+
+    // 1b. Every node owns about a third of the instruments; the rest come from its price cache.
+    for n in &nodes {
+        let before = metric(&http, n, "pricefeed_price_cache_total", &HIT).await;
+        served_ids(&http, n, &expected).await;
+        let after = metric(&http, n, "pricefeed_price_cache_total", &HIT).await;
+        println!("{}: price cache hits {before} -> {after}", n.name);
+        assert!(after > before, "{}: no price cache hits", n.name);
     }
 
     // 2. WS faults on, then kill -9 of n2: its instruments are live and priced again on the
@@ -333,4 +366,44 @@ async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
         assert!(Instant::now() < until, "{problems:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // 4. Trades stop (simulator gone): within a deadline every node serves, for every
+    //    instrument, exactly the trade id Redis holds, owned or cached; cached ones are hits.
+    sim.proc.terminate(Duration::from_secs(5)).await.unwrap();
+    let hits_before: Vec<f64> = {
+        let mut v = Vec::new();
+        for n in &nodes {
+            v.push(metric(&http, n, "pricefeed_price_cache_total", &HIT).await);
+        }
+        v
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let truth = redis_ids(&mut redis, &prefix).await;
+        let mut behind = Vec::new();
+        for n in &nodes {
+            for (k, id) in served_ids(&http, n, &expected).await {
+                if id != truth[&k] {
+                    behind.push(format!("{} {k}: served {id}, redis {}", n.name, truth[&k]));
+                }
+            }
+        }
+        if behind.is_empty() && redis_ids(&mut redis, &prefix).await == truth {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "served prices behind redis: {behind:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (n, before) in nodes.iter().zip(hits_before) {
+        let after = metric(&http, n, "pricefeed_price_cache_total", &HIT).await;
+        assert!(
+            after > before,
+            "{}: no price cache hits after trades stopped",
+            n.name
+        );
+    }
+    println!("after trades stopped every node serves the ids in redis");
 }

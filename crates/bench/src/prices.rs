@@ -1,7 +1,8 @@
 //! `prices`: `wrk -t2 -c64 -d10s --latency` against `bare-price-server` (a bare axum handler
 //! serving the node's own response body from memory) and against the node's
 //! `GET /api/v1/prices/{symbol}`, one after the other in the same run: on the node owning the
-//! symbol (node-local state) and on the other node (Redis `HGET` path).
+//! symbol (node-local state) and on the other node (price cache fed by the tick channel, Redis
+//! `HGET` on a miss).
 
 use std::process::Command;
 use std::time::Duration;
@@ -206,7 +207,7 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
     };
     t.row("bare-price-server (axum, in-memory)", fmt(&bare));
     t.row("node owning the symbol (local state)", fmt(&local));
-    t.row("other node (Redis HGET)", fmt(&remote));
+    t.row("other node (price cache, Redis on a miss)", fmt(&remote));
     t.verdict(format!(
         "target ratio ≥ 0.60: owner {} ({:.2}), other node {} ({:.2}); p99 ≤ 10 ms: owner {}, other node {}",
         yes(local.rps / bare.rps >= 0.6),

@@ -67,6 +67,15 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     let writer =
         pricefeed_store::trades::TradeWriter::spawn(db.clone(), cfg.trades.clone(), shutdown);
     ingest.core.lock().unwrap().set_writer(writer);
+    // The cache keeps its counter handles: the recorder must be installed before it is built.
+    telemetry::metrics_handle();
+    let prices = Arc::new(crate::price_cache::PriceCache::new());
+    shutdown.tracker().spawn(crate::price_cache::run(
+        prices.clone(),
+        cfg.redis.url.clone(),
+        cfg.redis.key_prefix.clone(),
+        shutdown.token(),
+    ));
     let state = AppState {
         db,
         node_id: Arc::from(node_id.as_str()),
@@ -74,6 +83,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         key_prefix: Arc::from(cfg.redis.key_prefix.as_str()),
         slices,
         ingest,
+        prices,
     };
     let router = build_router(state, readiness, cfg);
     telemetry::spawn_upkeep(shutdown);

@@ -7,10 +7,12 @@
 //! - [`state`]: the state shared by handlers.
 //! - [`membership`]: registry heartbeat and the node's view of the slice assignment.
 //! - [`ingest`]: broker WS connector, trade pipeline, latest prices, gap backfill.
+//! - [`price_cache`]: latest prices of every instrument, fed by the owners' tick channel.
 
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod ingest;
 pub mod membership;
+pub mod price_cache;
 pub mod state;

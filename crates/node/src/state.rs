@@ -18,6 +18,8 @@ pub struct AppState {
     pub slices: watch::Receiver<SliceView>,
     /// Ingest state (latest prices of the own slice, statistics, feed health).
     pub ingest: crate::ingest::Ingest,
+    /// Latest prices of every instrument, fed by the tick channel ([`crate::price_cache`]).
+    pub prices: std::sync::Arc<crate::price_cache::PriceCache>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -4,7 +4,8 @@
 //! A symbol names the **spot** instrument unless `market=usdm|options` says otherwise (the USD-M
 //! perpetual `BTCUSDT` shares its pair's symbol; see docs/decisions/0005-instrument-keys.md).
 //! Reads never touch Postgres on the hit path: the node-local state answers for instruments
-//! this node ingests, Redis (`HGET`/`HMGET` on the price hash) for the rest. Only a miss asks
+//! this node ingests, the [`crate::price_cache`] (fed by the owners' tick channel) for the rest,
+//! and Redis (`HGET`/`HMGET` on the price hash) on a cache miss. Only a miss asks
 //! Postgres, to tell an unknown instrument from one that has not traded yet: both are 404, with
 //! different problem types (`unknown-instrument`, `no-trade-yet`) so clients can tell them apart.
 
@@ -104,15 +105,15 @@ fn parse_market(m: Option<&str>) -> Result<Market, Problem> {
     }
 }
 
-/// Latest prices of `keys`, in order: local state for instruments this node ingests, one
-/// Redis HMGET for the others.
+/// Latest prices of `keys`, in order: local state for instruments this node ingests, then the
+/// [`crate::price_cache`], then one Redis HMGET for the misses (stored in the cache).
 pub async fn lookup(
     st: &AppState,
     keys: &[InstrumentKey],
 ) -> Result<Vec<Option<PriceDto>>, Problem> {
     let now = now_ms();
     let mut out: Vec<Option<PriceDto>> = Vec::with_capacity(keys.len());
-    let mut remote: Vec<(usize, InstrumentKey)> = Vec::new();
+    let mut remote: Vec<usize> = Vec::new();
     {
         let core = st.ingest.core.lock().unwrap();
         for (i, k) in keys.iter().enumerate() {
@@ -120,25 +121,60 @@ pub async fn lookup(
                 Some(l) => out.push(Some(PriceDto::from_doc(PriceDoc::new(k, &l), now))),
                 None => {
                     out.push(None);
-                    remote.push((i, k.clone()));
+                    remote.push(i);
                 }
             }
         }
     }
+    remote.retain(|&i| match st.prices.get(&keys[i]) {
+        Some(d) => {
+            out[i] = Some(PriceDto::from_doc(d, now));
+            false
+        }
+        None => true,
+    });
     if !remote.is_empty() {
-        let ks: Vec<InstrumentKey> = remote.iter().map(|(_, k)| k.clone()).collect();
+        let ticket = st.prices.read_ticket();
+        let ks: Vec<InstrumentKey> = remote.iter().map(|&i| keys[i].clone()).collect();
         let mut redis = st.redis.clone();
         let docs = publish::read_prices(&mut redis, &st.key_prefix, &ks)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "price lookup: redis unavailable");
-                Problem::unavailable("redis unavailable")
-            })?;
-        for ((i, _), d) in remote.into_iter().zip(docs) {
-            out[i] = d.map(|d| PriceDto::from_doc(d, now));
+            .map_err(redis_problem)?;
+        for (i, d) in remote.into_iter().zip(docs) {
+            if let Some(d) = d {
+                st.prices.store_read(ticket, &keys[i], &d);
+                out[i] = Some(PriceDto::from_doc(d, now));
+            }
         }
     }
     Ok(out)
+}
+
+/// [`lookup`] of one key, without the per-request vectors: node-local state, then the cache
+/// (no allocation beyond the response body on a hit), then one Redis `HGET`.
+pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> Result<Option<PriceDto>, Problem> {
+    let now = now_ms();
+    let local = st.ingest.core.lock().unwrap().latest(key);
+    if let Some(l) = local {
+        return Ok(Some(PriceDto::from_doc(PriceDoc::new(key, &l), now)));
+    }
+    if let Some(d) = st.prices.get(key) {
+        return Ok(Some(PriceDto::from_doc(d, now)));
+    }
+    let ticket = st.prices.read_ticket();
+    let mut redis = st.redis.clone();
+    let doc = publish::read_price(&mut redis, &st.key_prefix, key)
+        .await
+        .map_err(redis_problem)?;
+    Ok(doc.map(|d| {
+        st.prices.store_read(ticket, key, &d);
+        PriceDto::from_doc(d, now)
+    }))
+}
+
+fn redis_problem(e: redis::RedisError) -> Problem {
+    tracing::warn!(error = %e, "price lookup: redis unavailable");
+    Problem::unavailable("redis unavailable")
 }
 
 /// Latest trade of one instrument.
@@ -160,7 +196,7 @@ async fn get_price(
     let symbol =
         Symbol::parse(&symbol).map_err(|e| Problem::bad_request("symbol", e.to_string()))?;
     let key = InstrumentKey::new(market, &symbol);
-    if let Some(p) = lookup(&st, std::slice::from_ref(&key)).await?.remove(0) {
+    if let Some(p) = lookup_one(&st, &key).await? {
         return Ok(Json(p));
     }
     let known = pricefeed_store::instruments::instrument_exists(&st.db, &key)

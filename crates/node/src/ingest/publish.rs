@@ -177,6 +177,20 @@ pub fn flush_script() -> Script {
     Script::new(FLUSH)
 }
 
+/// Reads the stored price of `key` (one HGET).
+pub async fn read_price(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    key: &InstrumentKey,
+) -> redis::RedisResult<Option<PriceDoc>> {
+    let raw: Option<String> = redis::cmd("HGET")
+        .arg(prices_key(prefix))
+        .arg(key.as_str())
+        .query_async(conn)
+        .await?;
+    Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+}
+
 /// Reads stored prices for `keys` (one HMGET).
 pub async fn read_prices(
     conn: &mut ConnectionManager,
