@@ -8,6 +8,7 @@
 //! - [`membership`]: registry heartbeat and the node's view of the slice assignment.
 //! - [`ingest`]: broker WS connector, trade pipeline, latest prices, gap backfill.
 //! - [`price_cache`]: latest prices of every instrument, fed by the owners' tick channel.
+//! - [`pubsub`]: the one subscribe/resubscribe loop behind every Redis channel the node hears.
 
 pub mod api;
 pub mod app;
@@ -15,4 +16,5 @@ pub mod config;
 pub mod ingest;
 pub mod membership;
 pub mod price_cache;
+pub mod pubsub;
 pub mod state;

@@ -138,14 +138,7 @@ impl Membership {
 
     async fn subscribe(&self) -> Option<redis::aio::PubSubStream> {
         let channel = published::changed_channel(&self.prefix);
-        let res = async {
-            let client = redis::Client::open(self.redis_url.as_str())?;
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps.into_on_message())
-        }
-        .await;
-        match res {
+        match crate::pubsub::subscribe(&self.redis_url, &channel).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to assignment changes; polling only");

@@ -28,7 +28,6 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use metrics::Counter;
 use pricefeed_domain::instrument::InstrumentKey;
 use tokio_util::sync::CancellationToken;
@@ -197,58 +196,36 @@ pub async fn run(
     token: CancellationToken,
 ) {
     let channel = ticks_channel(&prefix);
-    let mut failing = false;
-    loop {
-        let sub = async {
-            let client = redis::Client::open(redis_url.as_str())?;
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps.into_on_message())
-        };
-        let mut stream = tokio::select! {
-            () = token.cancelled() => return,
-            r = sub => match r {
-                Ok(s) => {
-                    if failing {
-                        tracing::info!("tick subscription restored");
-                        failing = false;
-                    }
-                    // Subscribed first, then cleared: every tick after the clear is delivered,
-                    // and every read-through started after it sees Redis at least that new.
-                    cache.subscribed();
-                    Some(s)
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "cannot subscribe to ticks; prices read from redis");
-                        failing = true;
-                    }
-                    None
-                }
-            },
-        };
-        while let Some(s) = stream.as_mut() {
-            tokio::select! {
-                () = token.cancelled() => return,
-                msg = s.next() => match msg {
-                    Some(m) => {
-                        if cache.apply_ticks(m.get_payload_bytes()).is_none() {
-                            tracing::warn!("malformed tick message ignored");
-                        }
-                    }
-                    None => {
-                        cache.lost();
-                        tracing::warn!("tick subscription closed; resubscribing");
-                        failing = true;
-                        stream = None;
-                    }
-                },
-            }
+    let mut listener = TickListener(cache);
+    crate::pubsub::listen(
+        &redis_url,
+        &channel,
+        "price ticks",
+        Duration::from_secs(1),
+        &token,
+        &mut listener,
+    )
+    .await;
+}
+
+/// Feeds the cache from the tick channel.
+struct TickListener(std::sync::Arc<PriceCache>);
+
+impl crate::pubsub::Listener for TickListener {
+    fn subscribed(&mut self) {
+        // Subscribed first, then cleared: every tick after the clear is delivered, and every
+        // read-through started after it sees Redis at least that new.
+        self.0.subscribed();
+    }
+
+    fn message(&mut self, payload: &[u8]) {
+        if self.0.apply_ticks(payload).is_none() {
+            tracing::warn!("malformed tick message ignored");
         }
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+    }
+
+    fn lost(&mut self) {
+        self.0.lost();
     }
 }
 

@@ -15,7 +15,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use pricefeed_store::feed::{RECONNECT, ReconnectOrder, orders_channel};
 use tokio_util::sync::CancellationToken;
 
@@ -131,54 +130,21 @@ pub async fn run(
     token: CancellationToken,
 ) {
     let channel = orders_channel(&prefix, &handler.node_id);
-    let mut failing = false;
-    loop {
-        let sub = async {
-            let client = redis::Client::open(redis_url.as_str())?;
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps.into_on_message())
-        };
-        let mut stream = tokio::select! {
-            () = token.cancelled() => return,
-            r = sub => match r {
-                Ok(s) => {
-                    if failing {
-                        tracing::info!("order subscription restored");
-                        failing = false;
-                    }
-                    Some(s)
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "cannot subscribe to reconnect orders; retrying");
-                        failing = true;
-                    }
-                    None
-                }
-            },
-        };
-        while let Some(s) = stream.as_mut() {
-            tokio::select! {
-                () = token.cancelled() => return,
-                msg = s.next() => match msg {
-                    Some(m) => {
-                        let outcome = handler.handle(m.get_payload_bytes());
-                        metrics::counter!("pricefeed_feed_orders_total", "result" => outcome.label())
-                            .increment(1);
-                    }
-                    None => {
-                        tracing::warn!("order subscription closed; resubscribing");
-                        failing = true;
-                        stream = None;
-                    }
-                },
-            }
-        }
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
+    crate::pubsub::listen(
+        &redis_url,
+        &channel,
+        "reconnect orders",
+        Duration::from_secs(2),
+        &token,
+        &mut handler,
+    )
+    .await;
+}
+
+impl crate::pubsub::Listener for OrderHandler {
+    fn message(&mut self, payload: &[u8]) {
+        let outcome = self.handle(payload);
+        metrics::counter!("pricefeed_feed_orders_total", "result" => outcome.label()).increment(1);
     }
 }
 
