@@ -154,9 +154,6 @@ async fn weigh(
 ) -> Response {
     let w = weight(st.market, req.uri().path(), req.uri().query());
     let verdict = st.limiter.charge(peer.ip(), w, now_ms());
-    let header = |used: u64| {
-        HeaderValue::from_str(&used.to_string()).unwrap_or(HeaderValue::from_static("0"))
-    };
     match verdict {
         Verdict::Ok { used } => {
             let mut res = next.run(req).await;
@@ -168,46 +165,46 @@ async fn weigh(
         Verdict::Limited {
             used,
             retry_after_s,
-        } => {
-            metrics::counter!("sim_rest_limited_total", "status" => "429").increment(1);
-            let mut res = BErr(
-                StatusCode::TOO_MANY_REQUESTS,
-                codes::TOO_MANY_REQUESTS,
-                format!(
-                    "Too many requests; current limit of IP({}) is {} requests per minute. Please use the websocket for live updates to avoid polling the API.",
-                    peer.ip(),
-                    st.limiter.limit()
-                ),
-            )
-            .into_response();
-            res.headers_mut()
-                .insert("retry-after", header(retry_after_s));
-            res.headers_mut()
-                .insert("x-mbx-used-weight-1m", header(used));
-            res
-        }
+        } => refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many requests; current limit of IP({}) is {} requests per minute. Please use the websocket for live updates to avoid polling the API.",
+                peer.ip(),
+                st.limiter.limit()
+            ),
+            used,
+            retry_after_s,
+        ),
         Verdict::Banned {
             used,
             retry_after_s,
-        } => {
-            metrics::counter!("sim_rest_limited_total", "status" => "418").increment(1);
-            let mut res = BErr(
-                StatusCode::IM_A_TEAPOT,
-                codes::TOO_MANY_REQUESTS,
-                format!(
-                    "Way too many requests; IP({}) banned for {} s. Please use the websocket for live updates to avoid bans.",
-                    peer.ip(),
-                    retry_after_s
-                ),
-            )
-            .into_response();
-            res.headers_mut()
-                .insert("retry-after", header(retry_after_s));
-            res.headers_mut()
-                .insert("x-mbx-used-weight-1m", header(used));
-            res
-        }
+        } => refusal(
+            StatusCode::IM_A_TEAPOT,
+            format!(
+                "Way too many requests; IP({}) banned for {} s. Please use the websocket for live updates to avoid bans.",
+                peer.ip(),
+                retry_after_s
+            ),
+            used,
+            retry_after_s,
+        ),
     }
+}
+
+fn header(n: u64) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+/// A 429 (over the weight limit) or 418 (banned) reply with the headers clients back off on.
+fn refusal(status: StatusCode, msg: String, used: u64, retry_after_s: u64) -> Response {
+    metrics::counter!("sim_rest_limited_total", "status" => status.as_str().to_owned())
+        .increment(1);
+    let mut res = BErr(status, codes::TOO_MANY_REQUESTS, msg).into_response();
+    res.headers_mut()
+        .insert("retry-after", header(retry_after_s));
+    res.headers_mut()
+        .insert("x-mbx-used-weight-1m", header(used));
+    res
 }
 
 /// The router of one market listener: REST under its prefix plus the WS routes.

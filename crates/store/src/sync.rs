@@ -81,16 +81,11 @@ pub async fn sync_underlyings(
     let mut tx = pool.begin().await?;
     fence(&mut tx, term).await?;
     if rows.is_empty() {
-        let (stored,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM underlyings WHERE delisted_at IS NULL")
+        let stored =
+            sqlx::query_scalar("SELECT count(*) FROM underlyings WHERE delisted_at IS NULL")
                 .fetch_one(&mut *tx)
                 .await?;
-        if stored > 0 {
-            return Err(SyncError::EmptyCatalogue {
-                what: "underlying",
-                stored,
-            });
-        }
+        refuse_empty("underlying", stored)?;
     }
     let symbols: Vec<&str> = rows.iter().map(|u| u.symbol.as_str()).collect();
     let base: Vec<&str> = rows.iter().map(|u| u.base_asset.as_str()).collect();
@@ -182,18 +177,13 @@ pub async fn sync_derivatives(
         }
     }
     if kept.is_empty() {
-        let (stored,): (i64,) = sqlx::query_as(
+        let stored = sqlx::query_scalar(
             "SELECT count(*) FROM derivatives WHERE delisted_at IS NULL AND market = ANY($1)",
         )
         .bind(markets)
         .fetch_one(&mut *tx)
         .await?;
-        if stored > 0 {
-            return Err(SyncError::EmptyCatalogue {
-                what: "derivative",
-                stored,
-            });
-        }
+        refuse_empty("derivative", stored)?;
     }
     let symbol: Vec<&str> = kept.iter().map(|d| d.symbol.as_str()).collect();
     let underlying: Vec<&str> = kept.iter().map(|d| d.underlying.as_str()).collect();
@@ -267,6 +257,14 @@ pub async fn sync_derivatives(
         delisted,
         orphans,
     })
+}
+
+/// An empty catalogue while instruments are stored is a broker glitch, not a mass delisting.
+fn refuse_empty(what: &'static str, stored: i64) -> Result<(), SyncError> {
+    if stored > 0 {
+        return Err(SyncError::EmptyCatalogue { what, stored });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
