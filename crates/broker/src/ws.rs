@@ -7,6 +7,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+mod fast;
+
 /// `<symbol>@trade`: one event per trade.
 ///
 /// ```json
@@ -252,19 +254,36 @@ impl FrameError {
     }
 }
 
-/// Decodes one text frame, raw (`/ws`) or combined (`/stream`), borrowing from it.
+/// Decodes one frame's bytes (a binary frame, or a text frame not yet checked as UTF-8).
 pub fn decode_frame(frame: &[u8]) -> Result<FrameRef<'_>, FrameError> {
+    match std::str::from_utf8(frame) {
+        Ok(text) => decode_text(text),
+        Err(e) => Err(FrameError::Json(format!("frame is not UTF-8: {e}"))),
+    }
+}
+
+/// Decodes one text frame, raw (`/ws`) or combined (`/stream`), borrowing from it. The
+/// WebSocket layer has already checked text frames as UTF-8, so nothing here checks it again.
+pub fn decode_text(frame: &str) -> Result<FrameRef<'_>, FrameError> {
+    match fast::event(frame) {
+        Some(ev) => event(ev),
+        None => decode_serde(frame),
+    }
+}
+
+/// The general decoder: any JSON rendering of the same events, and the error messages.
+fn decode_serde(frame: &str) -> Result<FrameRef<'_>, FrameError> {
     // The combined wrapper always starts with its `stream` key when the exchange renders it;
     // sniffing avoids trying two decoders per frame. A wrapper rendered differently falls back
     // to the slow path below.
-    let ev: EventRef<'_> = if frame.starts_with(b"{\"stream\"") {
-        serde_json::from_slice::<CombinedRef<'_>>(frame)
+    let ev: EventRef<'_> = if frame.starts_with("{\"stream\"") {
+        serde_json::from_str::<CombinedRef<'_>>(frame)
             .map_err(|e| FrameError::Json(e.to_string()))?
             .data
     } else {
-        match serde_json::from_slice::<EventRef<'_>>(frame) {
+        match serde_json::from_str::<EventRef<'_>>(frame) {
             Ok(ev) => ev,
-            Err(e) => match serde_json::from_slice::<CombinedRef<'_>>(frame) {
+            Err(e) => match serde_json::from_str::<CombinedRef<'_>>(frame) {
                 Ok(c) => c.data,
                 Err(_) => return Err(FrameError::Json(e.to_string())),
             },
@@ -399,6 +418,175 @@ mod tests {
             decode_frame(br#"{"e":"24hrMiniTicker","E":1,"s":"X"}"#).unwrap(),
             FrameRef::Other
         );
+    }
+
+    /// Frames exactly as the simulator renders them (every market, raw and combined) must take
+    /// the fast path, or the benchmark figures would silently measure serde again.
+    #[test]
+    fn canonical_frames_take_the_fast_path_and_agree_with_serde() {
+        let frames = [
+            r#"{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.00100000","q":"100","T":1672515782130,"m":true,"M":true}"#,
+            r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":0,"p":"90000.10","q":"0.012","T":2,"m":false,"M":true}}"#,
+            r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"T":2,"s":"BTCUSDT","t":7,"p":"1","q":"2","X":"MARKET","m":true}}"#,
+            r#"{"stream":"btc-261225-90000-c@trade","data":{"e":"trade","E":1,"s":"BTC-261225-90000-C","t":9,"p":"1500","q":"0.1","T":3,"m":true,"S":-1}}"#,
+            r#"{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":2,"s":"BTCUSDT","a":77,"p":"90000.1","q":"0.012","f":100,"l":102,"T":1672515782136,"m":false}}"#,
+            r#"{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1}}"#,
+        ];
+        for f in frames {
+            let ev = fast::event(f).unwrap_or_else(|| panic!("fast path refused {f}"));
+            assert_eq!(event(ev), decode_serde(f), "{f}");
+        }
+        // What the fast path must leave to serde.
+        for f in [
+            r#"{"e":"trade", "E":1}"#,
+            r#"{"e":"tr\u0061de","E":1}"#,
+            r#"{"e":"trade","E":01}"#,
+            r#"{"e":"trade","e":"trade"}"#,
+            r#"{"e":"trade","t":1.5}"#,
+            r#"{"e":"trade","E":-1}"#,
+            r#"{"e":"trade","t":18446744073709551616}"#,
+            r#"{"result":null,"id":3}"#,
+            r#"{"e":"trade","x":[1]}"#,
+            r#"{"e":"trade"} "#,
+        ] {
+            assert!(fast::event(f).is_none(), "fast path accepted {f}");
+        }
+    }
+
+    mod differential {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0u64..u64::MAX).prop_map(|v| v.to_string()),
+                Just("18446744073709551616".to_string()),
+                Just("9223372036854775808".to_string()),
+                (-1000i64..1000).prop_map(|v| v.to_string()),
+                Just("00".to_string()),
+                Just("01".to_string()),
+                Just("1.5".to_string()),
+                Just("1e3".to_string()),
+                Just("-0".to_string()),
+                Just("true".to_string()),
+                Just("false".to_string()),
+                Just("null".to_string()),
+                Just("[1,2]".to_string()),
+                Just("{}".to_string()),
+                "[a-zA-Z0-9._@-]{0,12}".prop_map(|v| format!("\"{v}\"")),
+                prop_oneof![
+                    Just("\"0.00100000\""),
+                    Just("\"90000.1\""),
+                    Just("\"-1\""),
+                    Just("\"\""),
+                    Just("\"1e5\""),
+                    Just("\"1_000\""),
+                    Just("\"abc\""),
+                    Just("\" 1\""),
+                    Just("\"1\\u0030\""),
+                    Just("\"é\""),
+                    Just("\"trade\""),
+                    Just("\"aggTrade\""),
+                    Just("\"serverShutdown\""),
+                ]
+                .prop_map(str::to_string),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => prop::sample::select(vec![
+                    "e", "E", "s", "t", "a", "p", "q", "T", "m", "M", "f", "l", "X", "S", "id",
+                    "code", "msg", "result", "stream", "data"
+                ])
+                .prop_map(str::to_string),
+                1 => "[a-z]{0,3}".prop_map(|v| v.to_string()),
+                1 => Just("\\u0065".to_string()),
+            ]
+        }
+
+        fn object() -> impl Strategy<Value = String> {
+            // Mostly well-typed trade fields in random order, some arbitrary pairs.
+            let typed = prop_oneof![
+                Just(("e".to_string(), "\"trade\"".to_string())),
+                Just(("e".to_string(), "\"aggTrade\"".to_string())),
+                (0u64..1 << 40).prop_map(|v| ("t".to_string(), v.to_string())),
+                (0u64..1 << 40).prop_map(|v| ("a".to_string(), v.to_string())),
+                (1u64..1 << 45).prop_map(|v| ("E".to_string(), v.to_string())),
+                (1u64..1 << 45).prop_map(|v| ("T".to_string(), v.to_string())),
+                (1u64..1_000_000_000, 0u32..9).prop_map(|(m, sc)| (
+                    "p".to_string(),
+                    format!("\"{}\"", Decimal::new(m as i64, sc))
+                )),
+                (1u64..1_000_000_000, 0u32..9).prop_map(|(m, sc)| (
+                    "q".to_string(),
+                    format!("\"{}\"", Decimal::new(m as i64, sc))
+                )),
+                "[A-Z0-9-]{1,20}".prop_map(|v| ("s".to_string(), format!("\"{v}\""))),
+                any::<bool>().prop_map(|b| ("m".to_string(), b.to_string())),
+            ];
+            let pair = prop_oneof![4 => typed, 1 => (key(), scalar())];
+            prop::collection::vec(pair, 0..12).prop_map(|kv| {
+                let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", body.join(","))
+            })
+        }
+
+        fn frame() -> impl Strategy<Value = String> {
+            (object(), any::<bool>(), "[a-z@!]{0,10}").prop_map(|(o, combined, stream)| {
+                if combined {
+                    format!("{{\"stream\":\"{stream}\",\"data\":{o}}}")
+                } else {
+                    o
+                }
+            })
+        }
+
+        /// One random edit: delete, insert or replace a byte (kept only when still UTF-8).
+        fn mutated() -> impl Strategy<Value = String> {
+            (
+                frame(),
+                any::<prop::sample::Index>(),
+                0u8..4,
+                prop::sample::select(b" \t\",:{}[]\\0123456789-.eEtfnu\x01abcz".to_vec()),
+            )
+                .prop_map(|(f, at, op, byte)| {
+                    let mut b = f.into_bytes();
+                    if b.is_empty() {
+                        return String::new();
+                    }
+                    let i = at.index(b.len());
+                    match op {
+                        0 => {
+                            b.remove(i);
+                        }
+                        1 => b.insert(i, byte),
+                        2 => b[i] = byte,
+                        _ => b.truncate(i),
+                    }
+                    String::from_utf8(b).unwrap_or_default()
+                })
+        }
+
+        fn agree(f: &str) -> Result<(), TestCaseError> {
+            if let Some(ev) = super::super::fast::event(f) {
+                prop_assert_eq!(event(ev), decode_serde(f), "frame {}", f);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+            #[test]
+            fn fast_path_answers_like_serde(f in frame()) {
+                agree(&f)?;
+            }
+
+            #[test]
+            fn fast_path_answers_like_serde_on_mutations(f in mutated()) {
+                agree(&f)?;
+            }
+        }
     }
 
     #[test]

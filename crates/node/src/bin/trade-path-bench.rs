@@ -1,5 +1,5 @@
-//! In-process benchmark of the node's trade path on one core: frame bytes → decode → validate →
-//! dedup → latest-price state (the same `decode_frame` and `Core::on_ws_trade` the connector
+//! In-process benchmark of the node's trade path on one core: text frame → decode → validate →
+//! dedup → latest-price state (the same `decode_text` and `Core::on_ws_trade` the connector
 //! calls), against plain typed `serde_json` decoding of the same frames, measured in the same
 //! run so the ratio is meaningful on a noisy machine.
 //!
@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use pricefeed_broker::ws::{FrameRef, decode_frame};
+use pricefeed_broker::ws::{FrameRef, decode_text};
 use pricefeed_domain::instrument::{InstrumentKey, Market, Symbol};
 use pricefeed_domain::sequence::SeqConfig;
 use pricefeed_node::ingest::state::{Core, Verdict};
@@ -49,7 +49,7 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn frames(n: usize, symbols: &[String], t0: i64) -> Vec<Vec<u8>> {
+fn frames(n: usize, symbols: &[String], t0: i64) -> Vec<String> {
     let mut ids = vec![1_000_000u64; symbols.len()];
     (0..n)
         .map(|i| {
@@ -66,23 +66,23 @@ fn frames(n: usize, symbols: &[String], t0: i64) -> Vec<Vec<u8>> {
                 ids[k],
                 i % 2 == 0
             )
-            .into_bytes()
         })
         .collect()
 }
 
-fn plain(frames: &[Vec<u8>]) -> (Duration, u64) {
+/// Both sides read `&str` frames, as the WebSocket layer hands them over (already UTF-8).
+fn plain(frames: &[String]) -> (Duration, u64) {
     let start = Instant::now();
     let mut n = 0u64;
     for f in frames {
-        let c: PlainCombined<'_> = serde_json::from_slice(f).expect("valid frame");
+        let c: PlainCombined<'_> = serde_json::from_str(f).expect("valid frame");
         black_box(&c.data);
         n += u64::from(c.data.t > 0);
     }
     (start.elapsed(), n)
 }
 
-fn pipeline(frames: &[Vec<u8>], keys: &[InstrumentKey], now: i64) -> (Duration, u64) {
+fn pipeline(frames: &[String], keys: &[InstrumentKey], now: i64) -> (Duration, u64) {
     let mut core = Core::new(SeqConfig::default(), 60_000);
     core.sync_slice(keys, 1, |_| true, tokio::time::Instant::now());
     for k in keys {
@@ -91,7 +91,7 @@ fn pipeline(frames: &[Vec<u8>], keys: &[InstrumentKey], now: i64) -> (Duration, 
     let start = Instant::now();
     let mut accepted = 0u64;
     for (i, f) in frames.iter().enumerate() {
-        if let Ok(FrameRef::Trade(t)) = decode_frame(f)
+        if let Ok(FrameRef::Trade(t)) = decode_text(f)
             && core.on_ws_trade(Market::Spot, &t, now) == Verdict::Accepted
         {
             accepted += 1;
@@ -120,7 +120,7 @@ fn main() {
         .collect();
     let now = now_ms();
     let data = frames(n, &symbols, now - 1_000);
-    let avg = data.iter().map(Vec::len).sum::<usize>() / data.len();
+    let avg = data.iter().map(String::len).sum::<usize>() / data.len();
     println!(
         "trade-path-bench: {n} frames ({avg} B avg), {nsym} symbols, best of {rounds} rounds, one thread"
     );
