@@ -48,6 +48,15 @@ async fn every_binary_becomes_ready_serves_ops_routes_and_stops_on_sigterm() {
             "{}: metrics lack request counter:\n{text}",
             p.name
         );
+        if p.name.starts_with("node") {
+            // Handles resolved at startup (before any refusal happens) must be live, not the
+            // no-op a handle taken before the recorder was installed silently becomes.
+            assert!(
+                text.contains("pricefeed_trade_writer_queue_full_total"),
+                "{}: history-writer refusal counter not registered:\n{text}",
+                p.name
+            );
+        }
         // Unknown routes are problem+json too.
         let res = http.get(p.url("/nope")).send().await.unwrap();
         assert_eq!(res.status(), 404);

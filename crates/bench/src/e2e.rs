@@ -144,6 +144,10 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
     let d1 = prom_sum(&m1, "pricefeed_feed_disconnects_total");
     let malformed = prom_sum(&m1, "pricefeed_feed_malformed_total");
     let rejected = prom_sum(&m1, "pricefeed_feed_rejected_total");
+    let written = prom_sum(&m1, "pricefeed_trades_written_total")
+        - prom_sum(&m0, "pricefeed_trades_written_total");
+    let refused = prom_sum(&m1, "pricefeed_trade_writer_queue_full_total")
+        - prom_sum(&m0, "pricefeed_trade_writer_queue_full_total");
 
     // Loss: take the simulator's next id of each load symbol, give the node 1 s to catch up,
     // then every id from the first accepted up to that point must have been accepted exactly
@@ -234,6 +238,16 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
             "{:.0} % / {:.0} % of one core",
             (scpu1 - scpu0) / secs * 100.0,
             (rcpu1 - rcpu0) / secs * 100.0
+        ),
+    );
+    // History is outside the target's path (WS → node → Redis) but is reported so a writer
+    // that cannot keep up is visible: refused rows are refilled later by REST reconciliation.
+    t.row(
+        "trade history: rows written to Postgres / refused by a full queue",
+        format!(
+            "{:.0}/s ({:.3} of accepted) / {refused:.0}",
+            written / secs,
+            written / accepted.max(1.0)
         ),
     );
     let no_loss = holes == 0 && missing == 0;

@@ -21,6 +21,9 @@ pub struct Running {
 
 /// Connects to its dependencies, migrates when configured, and serves HTTP as a tracked task.
 pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Running> {
+    // Before anything resolves a metric handle (the history writer, the connector and the price
+    // cache keep theirs): a handle taken before the recorder exists is a silent no-op.
+    telemetry::metrics_handle();
     let node_id = cfg.node_id();
     let readiness = ops::Readiness::new(shutdown.clone());
     let pricefeed_store::Deps { db, redis } =
@@ -67,8 +70,6 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     let writer =
         pricefeed_store::trades::TradeWriter::spawn(db.clone(), cfg.trades.clone(), shutdown);
     ingest.core.lock().unwrap().set_writer(writer);
-    // The cache keeps its counter handles: the recorder must be installed before it is built.
-    telemetry::metrics_handle();
     let prices = Arc::new(crate::price_cache::PriceCache::new());
     shutdown.tracker().spawn(crate::price_cache::run(
         prices.clone(),

@@ -347,6 +347,10 @@ pub struct TradesConfig {
     /// (counted) rather than blocking ingestion, and REST reconciliation refills the history.
     #[serde(default = "default_trades_queue_capacity")]
     pub queue_capacity: usize,
+    /// Batches written concurrently (each holds one pooled Postgres connection while it runs):
+    /// one batch at a time is bound by the round trip, not by Postgres.
+    #[serde(default = "default_trades_writers")]
+    pub writers: usize,
 }
 
 impl Default for TradesConfig {
@@ -355,6 +359,7 @@ impl Default for TradesConfig {
             batch_size: default_trades_batch_size(),
             flush_ms: default_trades_flush_ms(),
             queue_capacity: default_trades_queue_capacity(),
+            writers: default_trades_writers(),
         }
     }
 }
@@ -364,6 +369,9 @@ fn default_trades_batch_size() -> usize {
 }
 fn default_trades_flush_ms() -> u64 {
     200
+}
+fn default_trades_writers() -> usize {
+    3
 }
 fn default_trades_queue_capacity() -> usize {
     100_000
@@ -387,6 +395,12 @@ impl Validate for TradesConfig {
             return Err(ConfigError::key(
                 "trades.queue_capacity",
                 "must be at least trades.batch_size and at most 10000000",
+            ));
+        }
+        if !(1..=64).contains(&self.writers) {
+            return Err(ConfigError::key(
+                "trades.writers",
+                "must be between 1 and 64",
             ));
         }
         Ok(())

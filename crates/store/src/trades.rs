@@ -1,5 +1,7 @@
 //! Trade history writer: a bounded queue between the ingest hot path and Postgres, drained by one
-//! task in batches (`trades.batch_size` rows or `trades.flush_ms`, whichever comes first).
+//! task in batches (`trades.batch_size` rows or `trades.flush_ms`, whichever comes first), with
+//! up to `trades.writers` batches inserting at once (a single batch at a time is bound by the
+//! round trip, not by Postgres).
 //!
 //! - **Never blocks the hot path**: [`TradeWriterHandle::try_send`] fails with [`Full`] when the
 //!   queue is full (counted in `pricefeed_trade_writer_queue_full_total`). A trade refused here is
@@ -116,6 +118,9 @@ async fn run(
 ) {
     let batch = cfg.batch_size.max(1);
     let flush = Duration::from_millis(cfg.flush_ms.max(1));
+    let writers = cfg.writers.max(1);
+    // Batches in flight; owned (and awaited) by this tracked task, so shutdown waits for them.
+    let mut inflight = tokio::task::JoinSet::new();
     let mut buf: Vec<Row> = Vec::with_capacity(batch);
     loop {
         // Wait for the first row of a batch (no timer runs while idle).
@@ -134,8 +139,14 @@ async fn run(
                 () = token.cancelled() => { stop = true; break },
             }
         }
-        write_with_retry(&pool, &buf).await;
-        buf.clear();
+        // Rows carry their own key and the insert is idempotent, so batches may land in any
+        // order; while all writers are busy the queue absorbs the burst.
+        while inflight.len() >= writers {
+            inflight.join_next().await;
+        }
+        let rows = std::mem::replace(&mut buf, Vec::with_capacity(batch));
+        let p = pool.clone();
+        inflight.spawn(async move { write_with_retry(&p, &rows).await });
         if stop {
             break;
         }
@@ -155,6 +166,7 @@ async fn run(
         drained += buf.len();
         write_with_retry(&pool, &buf).await;
     }
+    while inflight.join_next().await.is_some() {}
     tracing::info!(drained, "trade writer stopped");
 }
 
@@ -258,6 +270,7 @@ mod tests {
             batch_size: batch,
             flush_ms,
             queue_capacity: cap,
+            writers: 2,
         }
     }
 
