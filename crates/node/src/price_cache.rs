@@ -202,6 +202,7 @@ pub async fn run(
         &channel,
         "price ticks",
         Duration::from_secs(1),
+        crate::pubsub::Keepalive::default(),
         &token,
         &mut listener,
     )

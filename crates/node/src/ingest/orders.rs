@@ -135,6 +135,7 @@ pub async fn run(
         &channel,
         "reconnect orders",
         Duration::from_secs(2),
+        crate::pubsub::Keepalive::default(),
         &token,
         &mut handler,
     )
