@@ -83,6 +83,9 @@ pub enum Cmd {
     Unsubscribe(Vec<String>),
 }
 
+/// One read from the socket: a message, an error, or the end of the stream.
+type Read = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
+
 /// Frames handled per wake-up of a session before the other select arms get a turn.
 const FRAMES_PER_TURN: usize = 256;
 
@@ -340,6 +343,8 @@ impl Connection {
         let cancelled = token.cancelled();
         tokio::pin!(cancelled);
         loop {
+            // Biased, data last: a socket that is always readable (the node behind under
+            // overload) must not starve subscription commands, the stall check or the rotation.
             tokio::select! {
                 biased;
                 () = &mut cancelled => {
@@ -349,26 +354,6 @@ impl Connection {
                 () = &mut ordered => {
                     let _ = sess.ws.close(None).await;
                     return (End::Order, "reconnect ordered by the scheduler".into());
-                }
-                frame = sess.ws.next() => {
-                    // Frames already buffered are handled in one go, with one clock reading:
-                    // a busy connection then pays the select and the two clock calls once per
-                    // burst, not once per trade. The batch is bounded so orders, commands and
-                    // the stall check are never starved.
-                    let now = Instant::now();
-                    let wall = now_ms();
-                    sess.last_frame = now;
-                    self.health.last_frame_ms.store(wall, Ordering::Relaxed);
-                    if let Some(end) = self.on_frame(frame, now, wall, &mut sess) {
-                        return end;
-                    }
-                    for _ in 1..FRAMES_PER_TURN {
-                        // A frame taken here is always handled: never poll without using it.
-                        let Some(frame) = sess.ws.next().now_or_never() else { break };
-                        if let Some(end) = self.on_frame(frame, now, wall, &mut sess) {
-                            return end;
-                        }
-                    }
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else {
@@ -422,7 +407,17 @@ impl Connection {
                 _ = check.tick() => {
                     let now = Instant::now();
                     if let Some(reason) = stalled(&sess, now, s.stall_timeout) {
-                        return (End::Stall, reason);
+                        // Data is polled last: after a scheduling pause frames may be waiting
+                        // behind this arm. Look before calling the connection stalled.
+                        match sess.ws.next().now_or_never() {
+                            Some(frame) => {
+                                if let Some(end) = self.on_burst(frame, &mut sess) {
+                                    return end;
+                                }
+                                continue;
+                            }
+                            None => return (End::Stall, reason),
+                        }
                     }
                     if replacement.is_none() && now.duration_since(sess.opened) >= s.max_lifetime {
                         let snapshot = self.streams.clone();
@@ -433,8 +428,34 @@ impl Connection {
                         replacement = Some((fut, snapshot));
                     }
                 }
+                frame = sess.ws.next() => {
+                    if let Some(end) = self.on_burst(frame, &mut sess) {
+                        return end;
+                    }
+                }
             }
         }
+    }
+
+    /// Handles `first` and then every frame already buffered on the socket, up to
+    /// [`FRAMES_PER_TURN`], with one clock reading: a busy connection pays the select and the
+    /// two clock calls once per burst, not once per trade. `Some` ends the session.
+    fn on_burst(&mut self, first: Read, sess: &mut Session) -> Option<(End, String)> {
+        let now = Instant::now();
+        let wall = now_ms();
+        sess.last_frame = now;
+        self.health.last_frame_ms.store(wall, Ordering::Relaxed);
+        if let Some(end) = self.on_frame(first, now, wall, sess) {
+            return Some(end);
+        }
+        for _ in 1..FRAMES_PER_TURN {
+            // A frame taken here is always handled: never poll without using it.
+            let frame = sess.ws.next().now_or_never()?;
+            if let Some(end) = self.on_frame(frame, now, wall, sess) {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// Handles the frames read during the subscription handshake.
@@ -454,7 +475,7 @@ impl Connection {
     /// Handles one read result; `Some` ends the session.
     fn on_frame(
         &mut self,
-        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        frame: Read,
         now: Instant,
         wall: i64,
         sess: &mut Session,
