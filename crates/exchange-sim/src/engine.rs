@@ -455,8 +455,13 @@ fn add_walk(cfg: &SimConfig, w: &mut World, id: u32, start_us: i64) {
     ]);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // Ids start at a symbol-specific offset, like a real exchange years into trading.
-    let first_id = rng.random_range(1_000..5_000_000i64);
-    let first_agg = rng.random_range(1_000..3_000_000i64);
+    let clock = if cfg.ids_follow_clock {
+        id_clock_offset(start_us)
+    } else {
+        0
+    };
+    let first_id = clock + rng.random_range(1_000..5_000_000i64);
+    let first_agg = clock + rng.random_range(1_000..3_000_000i64);
     let depth = if inst.hot {
         cfg.history_depth_hot
     } else {
@@ -480,6 +485,14 @@ fn add_walk(cfg: &SimConfig, w: &mut World, id: u32, start_us: i64) {
     }
     w.rings.push(Ring::new(first_id, depth));
     w.walks.push(walk);
+}
+
+/// 1 000 ids per whole second since 2025-01-01 UTC: a restart lands above the ids of any
+/// earlier run of a symbol that averaged fewer than 1 000 trades/s (the seed-derived part of the
+/// offset is below 5 M, i.e. under 84 minutes of this clock).
+fn id_clock_offset(start_us: i64) -> i64 {
+    const EPOCH_2025_US: i64 = 1_735_689_600_000_000;
+    ((start_us - EPOCH_2025_US).max(0) / 1_000_000) * 1_000
 }
 
 fn gap(w: &mut Walk) -> i64 {
@@ -581,8 +594,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_trades() {
-        let a = Engine::new(cfg());
-        let b = Engine::new(cfg());
+        // Replays: ids from the seed alone (with the clock, two engines built across a second
+        // boundary would differ by 1 000).
+        let replay = || SimConfig {
+            ids_follow_clock: false,
+            ..cfg()
+        };
+        let a = Engine::new(replay());
+        let b = Engine::new(replay());
         let t0 = now_us() + 1_000_000;
         for k in 0..5 {
             a.tick(t0 + k * 100_000);
@@ -610,6 +629,30 @@ mod tests {
             assert_eq!((r.qty % inst.step), Decimal::ZERO);
             assert_eq!(r.price.scale(), 8);
         }
+    }
+
+    #[test]
+    fn ids_follow_the_clock_so_a_restart_never_reissues_an_id() {
+        let t = 1_795_600_000_123_456; // 2026-11-25, mid-second
+        assert_eq!(id_clock_offset(t + 1_000_000) - id_clock_offset(t), 1_000);
+        assert_eq!(id_clock_offset(0), 0);
+        // Same seed, so the seed-derived part is equal in both runs: a restart after a run of an
+        // hour at 999 trades/s starts above that run's last id.
+        assert!(id_clock_offset(t + 3_600 * 1_000_000) - id_clock_offset(t) > 999 * 3_600);
+        // Through the engine: the clock part is the only difference to a seed-only engine.
+        let first = |e: &Engine| e.world.read().unwrap().rings[0].next_id();
+        let seeded = Engine::new(SimConfig {
+            ids_follow_clock: false,
+            ..cfg()
+        });
+        let before = id_clock_offset(now_us());
+        let clocked = Engine::new(cfg());
+        let after = id_clock_offset(now_us());
+        let d = first(&clocked) - first(&seeded);
+        assert!(
+            (before..=after).contains(&d),
+            "{d} not in {before}..={after}"
+        );
     }
 
     #[test]

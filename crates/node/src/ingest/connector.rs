@@ -86,6 +86,9 @@ pub enum Cmd {
 /// One read from the socket: a message, an error, or the end of the stream.
 type Read = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
 
+/// How long the socket replaced by a lifetime rotation is still read.
+const ROTATION_OVERLAP: Duration = Duration::from_secs(1);
+
 /// Frames handled per wake-up of a session before the other select arms get a turn.
 const FRAMES_PER_TURN: usize = 256;
 
@@ -342,6 +345,10 @@ impl Connection {
         // 400 k trades/s (register and deregister a `Notified` each turn).
         let cancelled = token.cancelled();
         tokio::pin!(cancelled);
+        // The previous socket after a lifetime rotation, read until its deadline: trades the
+        // exchange queued on it before the replacement's subscription took effect are still on
+        // their way when the replacement's acknowledgement arrives.
+        let mut retiring: Option<(Session, Instant)> = None;
         loop {
             // Biased, data last: a socket that is always readable (the node behind under
             // overload) must not starve subscription commands, the stall check or the rotation.
@@ -368,6 +375,11 @@ impl Connection {
                     if let Err(e) = self.send_cmd(&mut sess, method, &list).await {
                         return (End::Error, e);
                     }
+                    // Keep the retiring socket's streams in step (an instrument that moved away
+                    // must not keep arriving); best effort, it closes soon anyway.
+                    if let Some((old, _)) = retiring.as_mut() && self.send_cmd(old, method, &list).await.is_err() {
+                        retiring = None;
+                    }
                 }
                 res = async { replacement.as_mut().expect("guarded").0.as_mut().await }, if replacement.is_some() => {
                     let (_, snapshot) = replacement.take().expect("guarded");
@@ -385,10 +397,12 @@ impl Connection {
                                 continue;
                             }
                             // The replacement has acknowledged its subscriptions: from here on it
-                            // sees every trade, so the old socket can go (overlap; duplicates
-                            // from both are dropped by trade id).
-                            let mut old = std::mem::replace(&mut sess, new);
-                            let _ = old.ws.close(None).await;
+                            // sees every trade. The old socket is still read for ROTATION_OVERLAP
+                            // (duplicates from both are dropped by trade id), then closed.
+                            let old = std::mem::replace(&mut sess, new);
+                            if let Some((mut older, _)) = retiring.replace((old, Instant::now() + ROTATION_OVERLAP)) {
+                                let _ = older.ws.close(None).await;
+                            }
                             if let Some(end) = self.drain_backlog(&mut sess) {
                                 return end;
                             }
@@ -404,8 +418,22 @@ impl Connection {
                         }
                     }
                 }
+                frame = async { retiring.as_mut().expect("guarded").0.ws.next().await }, if retiring.is_some() => {
+                    let (mut old, until) = retiring.take().expect("guarded");
+                    // Whatever ends the old socket (close, error, serverShutdown) only ends the
+                    // overlap; the session lives on the replacement.
+                    if self.on_burst(frame, &mut old).is_none() && Instant::now() < until {
+                        retiring = Some((old, until));
+                    } else {
+                        let _ = old.ws.close(None).await;
+                    }
+                }
                 _ = check.tick() => {
                     let now = Instant::now();
+                    if retiring.as_ref().is_some_and(|(_, until)| now >= *until) {
+                        let (mut old, _) = retiring.take().expect("checked");
+                        let _ = old.ws.close(None).await;
+                    }
                     if let Some(reason) = stalled(&sess, now, s.stall_timeout) {
                         // Data is polled last: after a scheduling pause frames may be waiting
                         // behind this arm. Look before calling the connection stalled.
