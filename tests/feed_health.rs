@@ -424,3 +424,85 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
         "a bad order cut a connection ({before} → {after}, {late} late scheduler orders)"
     );
 }
+
+/// A connection the node is already re-establishing (cut by the exchange, now waiting out its
+/// backoff) is not silent in the scheduler's sense: an order would cut the backoff short and,
+/// under a flapping feed, turn it into a reconnect storm. With every event cutting the
+/// connection and a backoff longer than the staleness threshold, no order may be sent.
+#[tokio::test]
+async fn a_connection_waiting_out_its_backoff_gets_no_order() {
+    let http = http_client(Duration::from_secs(5));
+    let sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM].concat()).await;
+    let control = sim.port("control");
+    let db = fresh_database().await.unwrap();
+    let mut env = base_env(&db);
+    env.extend(sim.ws_env());
+    for (k, v) in [
+        ("PRICEFEED__NODE__FEED__STALL_TIMEOUT_MS", "600000"),
+        ("PRICEFEED__NODE__FEED__RECONNECT_BACKOFF_MIN_MS", "3000"),
+        ("PRICEFEED__NODE__FEED__RECONNECT_BACKOFF_MAX_MS", "6000"),
+        ("PRICEFEED__SCHEDULER__FEED_STALE_AFTER_MS", "1000"),
+        ("PRICEFEED__SCHEDULER__FEED_CHECK_MS", "250"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let prefix = key_prefix(&env);
+    migrate(&env, READY).await;
+    let (sym_a, _) = seed(&http, &sim, &db).await;
+    let key_a = format!("spot:{sym_a}");
+    let sched = start_schedulers(&["sched"], &env).await.remove(0);
+    let nodes = start_nodes(&["n1"], &env).await;
+    let client = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let id_a = wait_price_above(&mut redis, &prefix, &key_a, 0, READY).await;
+
+    // Every event now cuts its connection: the node flaps between short sessions and backoffs
+    // of 1.5–6 s, each longer than the 1 s staleness threshold.
+    let r = http
+        .put(format!("http://{control}/control/faults/global"))
+        .json(&serde_json::json!({"disconnect": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let t0 = Instant::now();
+    let mut cuts = 0.0;
+    while t0.elapsed() < Duration::from_secs(8) {
+        cuts = metric(
+            &http,
+            &nodes[0],
+            "pricefeed_feed_disconnects_total",
+            &["reason=\"error\""],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        cuts >= 2.0,
+        "the fault did not make the node flap ({cuts} cuts)"
+    );
+    let orders = metric(&http, &sched, "pricefeed_reconnect_orders_total", &[]).await;
+    let obeyed = metric(
+        &http,
+        &nodes[0],
+        "pricefeed_feed_disconnects_total",
+        &["reason=\"order\""],
+    )
+    .await;
+    println!("{cuts} cuts by the exchange in 8 s; scheduler orders {orders}, obeyed {obeyed}");
+    assert_eq!(
+        (orders, obeyed),
+        (0.0, 0.0),
+        "orders for a connection in backoff:\n{}",
+        sched.log_tail()
+    );
+
+    // Faults off: the node's own reconnect brings the price back.
+    let r = http
+        .delete(format!("http://{control}/control/faults"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    wait_price_above(&mut redis, &prefix, &key_a, id_a, READY).await;
+}

@@ -14,8 +14,10 @@
 //! - At most one order per connection per `feed_stale_after_ms`: a reconnect takes a moment to
 //!   show up in the hash (the node rewrites it every second), and a connection that stays silent
 //!   after a reconnect (a broker-side outage) must not be hammered with orders ([`OrderLimiter`]).
-//! - A connection that never received a frame (0) is still connecting; the node's own connect
-//!   timeout and backoff handle it, so no order.
+//! - A connection the node reports as 0 is not connected (never received a frame, connecting,
+//!   or waiting out its reconnect backoff); the node's own connect timeout and backoff handle
+//!   it, so no order (an order would cut the backoff short: a reconnect storm under a flapping
+//!   feed).
 //! - The term fences orders: a node ignores orders older than the newest term it has seen.
 //!
 //! Metrics: `pricefeed_reconnect_orders_total{node}`; every order is logged.

@@ -370,8 +370,16 @@ async fn flush_loop(
                 metrics::gauge!("pricefeed_feed_last_message_age_seconds",
                     "market" => h.market.as_str(), "conn" => h.conn.to_string())
                 .set(age);
-                pipe.hset(&feed_key, format!("{}:{}", h.market, h.conn), last)
-                    .ignore();
+                // 0 while not connected (connecting, or waiting out a backoff): the node is
+                // already reconnecting at its own pace, and an order would only skip the
+                // backoff that protects the exchange's connection-attempt limit.
+                let connected = h.connected.load(std::sync::atomic::Ordering::Relaxed);
+                pipe.hset(
+                    &feed_key,
+                    format!("{}:{}", h.market, h.conn),
+                    if connected { last } else { 0 },
+                )
+                .ignore();
                 any = true;
             }
             if any {
