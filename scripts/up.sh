@@ -82,22 +82,35 @@ export PRICEFEED__BROKER__OPTIONS_REST_URL="http://127.0.0.1:$SIM_OPT" PRICEFEED
 say "applying migrations"
 "$BIN/pricefeed-scheduler" migrate >"$LOGS/migrate.log" 2>&1 || { tail -20 "$LOGS/migrate.log" >&2; die "migrations failed"; }
 
-spawn() { # spawn NAME CMD... : background process, log file, PID recorded
+spawn() { # spawn NAME CMD... : background process, log file (appended), PID recorded
   local name=$1; shift
-  "$@" >"$LOGS/$name.log" 2>&1 &
+  "$@" >>"$LOGS/$name.log" 2>&1 &
   echo "$name $!" >>"$RUN/pids"
 }
 
-spawn mailsink "$PF_MAILDEV" --smtp "$SMTP_PORT" --web "$MAIL_WEB" --ip 127.0.0.1 --mail-directory "$STATE/mail"
-spawn simulator env PRICEFEED__SIM__SPOT_BIND="127.0.0.1:$SIM_SPOT" PRICEFEED__SIM__FUTURES_BIND="127.0.0.1:$SIM_FUT" \
-  PRICEFEED__SIM__OPTIONS_BIND="127.0.0.1:$SIM_OPT" PRICEFEED__SIM__CONTROL_BIND="127.0.0.1:$SIM_CTL" "$BIN/pricefeed-sim"
-i=0
-for p in "${NODE_PORTS[@]}"; do
-  i=$((i + 1))
-  spawn "node$i" env PRICEFEED__NODE__ID="node$i" PRICEFEED__NODE__HTTP__BIND="127.0.0.1:$p" "$BIN/pricefeed-node"
-done
-spawn scheduler env PRICEFEED__SCHEDULER__HTTP__BIND="127.0.0.1:$SCHED_PORT" "$BIN/pricefeed-scheduler" scheduler
-spawn worker env PRICEFEED__WORKER__HTTP__BIND="127.0.0.1:$WORKER_PORT" "$BIN/pricefeed-scheduler" worker
+start_child() { # start_child NAME: (re)starts one supervised process by its name
+  local name=$1
+  case "$name" in
+    mailsink)
+      spawn mailsink "$PF_MAILDEV" --smtp "$SMTP_PORT" --web "$MAIL_WEB" --ip 127.0.0.1 --mail-directory "$STATE/mail" ;;
+    simulator)
+      spawn simulator env PRICEFEED__SIM__SPOT_BIND="127.0.0.1:$SIM_SPOT" PRICEFEED__SIM__FUTURES_BIND="127.0.0.1:$SIM_FUT" \
+        PRICEFEED__SIM__OPTIONS_BIND="127.0.0.1:$SIM_OPT" PRICEFEED__SIM__CONTROL_BIND="127.0.0.1:$SIM_CTL" "$BIN/pricefeed-sim" ;;
+    node*)
+      local p=${NODE_PORTS[$((${name#node} - 1))]}
+      spawn "$name" env PRICEFEED__NODE__ID="$name" PRICEFEED__NODE__HTTP__BIND="127.0.0.1:$p" "$BIN/pricefeed-node" ;;
+    scheduler)
+      spawn scheduler env PRICEFEED__SCHEDULER__HTTP__BIND="127.0.0.1:$SCHED_PORT" "$BIN/pricefeed-scheduler" scheduler ;;
+    worker)
+      spawn worker env PRICEFEED__WORKER__HTTP__BIND="127.0.0.1:$WORKER_PORT" "$BIN/pricefeed-scheduler" worker ;;
+  esac
+}
+
+: >"$LOGS/mailsink.log"; start_child mailsink
+: >"$LOGS/simulator.log"; start_child simulator
+for i in $(seq "${#NODE_PORTS[@]}"); do : >"$LOGS/node$i.log"; start_child "node$i"; done
+: >"$LOGS/scheduler.log"; start_child scheduler
+: >"$LOGS/worker.log"; start_child worker
 
 ready() { curl -fsS "http://127.0.0.1:$1/readyz"; }
 check_ready() {
@@ -127,18 +140,33 @@ cat <<MSG
   Redis           redis://127.0.0.1:$REDIS_PORT
   Logs            $LOGS
   ---------------------------------------------------------------------------------
-  Ctrl-C stops everything this command started.
+  Ctrl-C stops everything this command started; a process that dies is restarted after
+  ${PRICEFEED_DEV_RESTART_DELAY:-10} s (kill -9 a node to watch its slice move and come back).
 
 MSG
 
-# Supervise: if any child dies, say which and stop the rest.
+# Supervise like a container runtime with `restart: unless-stopped`: a child that dies (a crash,
+# or `kill -9` to watch a failover) is reported and started again after RESTART_DELAY seconds;
+# meanwhile the rest of the cluster carries on (its slices move to the surviving nodes).
+RESTART_DELAY=${PRICEFEED_DEV_RESTART_DELAY:-10}
+declare -A DIED_AT=()
 while true; do
   while read -r name pid; do
+    [ -n "$name" ] || continue
     if ! kill -0 "$pid" 2>/dev/null; then
-      warn "$name (pid $pid) exited; last log lines:"; tail -15 "$LOGS/$name.log" >&2
-      exit 1
+      if [ -z "${DIED_AT[$name]:-}" ]; then
+        DIED_AT[$name]=$SECONDS
+        warn "$name (pid $pid) exited; restarting it in ${RESTART_DELAY} s. Last log lines:"
+        tail -5 "$LOGS/$name.log" >&2
+      elif [ $((SECONDS - DIED_AT[$name])) -ge "$RESTART_DELAY" ]; then
+        unset "DIED_AT[$name]"
+        sed -i "/^$name /d" "$RUN/pids"
+        echo "--- restarted by ./dev up at $(date -u +%FT%TZ) ---" >>"$LOGS/$name.log"
+        start_child "$name"
+        say "$name restarted (pid $(awk -v n="$name" '$1 == n {print $2}' "$RUN/pids"))"
+      fi
     fi
-  done <"$RUN/pids"
+  done < <(cat "$RUN/pids")
   sleep 1 &
   wait $! || true
 done
