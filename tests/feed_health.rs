@@ -129,26 +129,58 @@ async fn owner_of(http: &reqwest::Client, nodes: &[Proc], key: &str) -> Option<u
     None
 }
 
-#[tokio::test]
-async fn scheduler_orders_a_silent_connection_to_reconnect() {
+/// One test's world: the simulator, a fresh database seeded with spot A and the perpetual of B,
+/// and the environment for scheduler and nodes (WebSocket only: REST stays pointing nowhere, so
+/// no sync replaces the seeded instruments; the nodes' own stall watchdog off, so only the
+/// scheduler may notice a stall), plus `extra` settings.
+struct World {
+    http: reqwest::Client,
+    sim: Sim,
+    env: Vec<(String, String)>,
+    prefix: String,
+    sym_a: String,
+    sym_b: String,
+}
+
+async fn world(extra: &[(&str, &str)]) -> World {
     let http = http_client(Duration::from_secs(5));
     let sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM].concat()).await;
-    let control = sim.port("control");
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
-    // WebSocket only: REST stays pointing nowhere, so no sync replaces the seeded instruments.
     env.extend(sim.ws_env());
-    for (k, v) in [
-        // Only the scheduler may notice the stall.
-        ("PRICEFEED__NODE__FEED__STALL_TIMEOUT_MS", "600000"),
-        ("PRICEFEED__SCHEDULER__FEED_STALE_AFTER_MS", "1500"),
-        ("PRICEFEED__SCHEDULER__FEED_CHECK_MS", "250"),
-    ] {
-        env.push((k.into(), v.into()));
-    }
+    env.push((
+        "PRICEFEED__NODE__FEED__STALL_TIMEOUT_MS".into(),
+        "600000".into(),
+    ));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let prefix = key_prefix(&env);
     migrate(&env, READY).await;
     let (sym_a, sym_b) = seed(&http, &sim, &db).await;
+    World {
+        http,
+        sim,
+        env,
+        prefix,
+        sym_a,
+        sym_b,
+    }
+}
+
+#[tokio::test]
+async fn scheduler_orders_a_silent_connection_to_reconnect() {
+    let World {
+        http,
+        sim,
+        env,
+        prefix,
+        sym_a,
+        sym_b,
+    } = world(&[
+        ("PRICEFEED__SCHEDULER__FEED_STALE_AFTER_MS", "1500"),
+        ("PRICEFEED__SCHEDULER__FEED_CHECK_MS", "250"),
+    ])
+    .await;
+    let control = sim.port("control");
     let (key_a, key_b) = (format!("spot:{sym_a}"), format!("usdm:{sym_b}"));
     println!("stalled {key_a}, control {key_b}");
 
@@ -431,24 +463,21 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
 /// connection and a backoff longer than the staleness threshold, no order may be sent.
 #[tokio::test]
 async fn a_connection_waiting_out_its_backoff_gets_no_order() {
-    let http = http_client(Duration::from_secs(5));
-    let sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM].concat()).await;
-    let control = sim.port("control");
-    let db = fresh_database().await.unwrap();
-    let mut env = base_env(&db);
-    env.extend(sim.ws_env());
-    for (k, v) in [
-        ("PRICEFEED__NODE__FEED__STALL_TIMEOUT_MS", "600000"),
+    let World {
+        http,
+        sim,
+        env,
+        prefix,
+        sym_a,
+        ..
+    } = world(&[
         ("PRICEFEED__NODE__FEED__RECONNECT_BACKOFF_MIN_MS", "3000"),
         ("PRICEFEED__NODE__FEED__RECONNECT_BACKOFF_MAX_MS", "6000"),
         ("PRICEFEED__SCHEDULER__FEED_STALE_AFTER_MS", "1000"),
         ("PRICEFEED__SCHEDULER__FEED_CHECK_MS", "250"),
-    ] {
-        env.push((k.into(), v.into()));
-    }
-    let prefix = key_prefix(&env);
-    migrate(&env, READY).await;
-    let (sym_a, _) = seed(&http, &sim, &db).await;
+    ])
+    .await;
+    let control = sim.port("control");
     let key_a = format!("spot:{sym_a}");
     let sched = start_schedulers(&["sched"], &env).await.remove(0);
     let nodes = start_nodes(&["n1"], &env).await;
