@@ -143,8 +143,13 @@ struct World {
 }
 
 async fn world(extra: &[(&str, &str)]) -> World {
+    world_with_sim(&[], extra).await
+}
+
+/// [`world`] with simulator settings on top of the small two-underlying catalogue.
+async fn world_with_sim(sim_extra: &[(&str, &str)], extra: &[(&str, &str)]) -> World {
     let http = http_client(Duration::from_secs(5));
-    let sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM].concat()).await;
+    let sim = Sim::start(&[&SMALL_CATALOGUE[..], &SIM, sim_extra].concat()).await;
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
     env.extend(sim.ws_env());
@@ -353,11 +358,16 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
     // are seen by this test's own subscription and allowed for below.
     let until = Instant::now() + READY;
     loop {
-        let fields: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
             .arg(format!("{prefix}:feed:{owner_id}"))
             .query_async(&mut redis)
             .await
             .unwrap_or_default();
+        // `last_frame_ms,mean_gap_ms` per connection.
+        let fields: BTreeMap<&String, i64> = raw
+            .iter()
+            .map(|(k, v)| (k, v.split(',').next().unwrap().parse().unwrap()))
+            .collect();
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
         let now = secs * 1000 + micros / 1000;
         if !fields.is_empty() && fields.values().all(|t| now - t < 1000) {
@@ -534,4 +544,91 @@ async fn a_connection_waiting_out_its_backoff_gets_no_order() {
         .unwrap();
     assert!(r.status().is_success());
     wait_price_above(&mut redis, &prefix, &key_a, id_a, READY).await;
+}
+
+/// A connection whose instruments trade a few times a minute is quiet, not silent: the scheduler
+/// gives it ten of its own mean gaps between trades (at most 60 s) instead of the bare
+/// threshold, so it is not reconnected every few minutes. Here the threshold is 1 s and the
+/// instruments trade about once every 5 s: the silence passes 1 s again and again, and no order
+/// may be sent.
+#[tokio::test]
+async fn a_quiet_connection_is_not_churned() {
+    // `_sim` keeps the simulator process alive for the whole test (`..` would drop it at once).
+    let World {
+        env,
+        prefix,
+        sim: _sim,
+        ..
+    } = world_with_sim(
+        &[("HOT_SYMBOLS", "0"), ("TAIL_RATE_PER_MIN", "12.0")],
+        &[
+            ("PRICEFEED__SCHEDULER__FEED_STALE_AFTER_MS", "1000"),
+            ("PRICEFEED__SCHEDULER__FEED_CHECK_MS", "250"),
+        ],
+    )
+    .await;
+    let http = http_client(Duration::from_secs(5));
+    let sched = start_schedulers(&["sched"], &env).await.remove(0);
+    let nodes = start_nodes(&["n1"], &env).await;
+    let client = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let feed = format!("{prefix}:feed:n1");
+    let field = "spot:1";
+    // Longest silence the scheduler could have seen on the spot connection, over 12 s once it
+    // is connected.
+    let until = Instant::now() + READY;
+    let mut watched_since: Option<Instant> = None;
+    let mut longest = 0i64;
+    while watched_since.is_none_or(|t| t.elapsed() < Duration::from_secs(12)) {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(&feed)
+            .arg(field)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let last: i64 = v
+            .as_deref()
+            .and_then(|v| v.split(',').next())
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        if last > 0 {
+            watched_since.get_or_insert_with(Instant::now);
+            let (secs, micros): (i64, i64) =
+                redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+            longest = longest.max(secs * 1000 + micros / 1000 - last);
+        } else {
+            let all: BTreeMap<String, String> = redis::cmd("HGETALL")
+                .arg(&feed)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert!(
+                Instant::now() < until,
+                "{field} never connected: {all:?}\n{}",
+                nodes[0].log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let orders = metric(&http, &sched, "pricefeed_reconnect_orders_total", &[]).await;
+    let obeyed = metric(
+        &http,
+        &nodes[0],
+        "pricefeed_feed_disconnects_total",
+        &["reason=\"order\""],
+    )
+    .await;
+    println!(
+        "longest silence seen {longest} ms (threshold 1000 ms); orders {orders}, obeyed {obeyed}"
+    );
+    assert!(
+        longest > 2_000,
+        "the connection was never quiet for long ({longest} ms): the test proves nothing"
+    );
+    assert_eq!(
+        (orders, obeyed),
+        (0.0, 0.0),
+        "a quiet connection was ordered to reconnect:\n{}",
+        sched.log_tail()
+    );
 }

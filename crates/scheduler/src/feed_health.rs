@@ -1,7 +1,8 @@
 //! Feed-health watch, run by the leader only: every `scheduler.feed_check_ms` it reads each live
-//! node's `{prefix}:feed:{node_id}` hash (field `market:conn` = wall-clock ms of the connection's
-//! last frame, rewritten by the node every second) and orders a reconnect of every connection
-//! silent for longer than `scheduler.feed_stale_after_ms`.
+//! node's `{prefix}:feed:{node_id}` hash (field `market:conn` = `last_frame_ms,mean_gap_ms`,
+//! rewritten by the node every second) and orders a reconnect of every connection silent for
+//! longer than `scheduler.feed_stale_after_ms` and than ten of its own mean gaps between trades
+//! ([`stale_connections`]).
 //!
 //! The seed did the same from a Celery task once a minute with a 60 s threshold and broadcast the
 //! node id on one topic; here the check runs every second, and the order is PUBLISHed on the
@@ -36,28 +37,50 @@ pub struct Stale {
     pub node_id: String,
     pub conn_id: String,
     pub silent_ms: i64,
+    /// The silence this connection was allowed (see [`stale_connections`]).
+    pub threshold_ms: i64,
 }
 
-/// The staleness rule: connections whose last frame is older than `stale_after_ms` at `now_ms`.
-/// `0` (no frame yet: still connecting) and unparsable values are skipped.
+/// Trades a connection's own mean rate must have promised within a silence before the silence
+/// counts (the node's own watchdog uses the same 10).
+const EXPECTED_FRAMES: i64 = 10;
+/// No frame at all for this long is a dead connection whatever its rate: the exchange pings
+/// every 20 s, so three pings are missing.
+const DEAD_WITHOUT_FRAMES_MS: i64 = 60_000;
+
+/// The staleness rule. Each field is `last_frame_ms,mean_gap_ms` (a bare `last_frame_ms` is read
+/// with an unknown gap): the wall-clock ms of the connection's last frame, and the mean time
+/// between trades over its current session. A connection is stale when it has been silent for
+/// longer than `stale_after_ms` *and* longer than [`EXPECTED_FRAMES`] of its own mean gaps
+/// (capped at [`DEAD_WITHOUT_FRAMES_MS`]): a connection carrying only quiet instruments (a few
+/// trades a minute each) is legitimately silent for many seconds, and reconnecting it every few
+/// minutes would be churn against the exchange's connection-attempt limit. `0` (not connected:
+/// connecting or in backoff) and unparsable values are skipped.
 pub fn stale_connections(
     now_ms: i64,
     node_id: &str,
     fields: &BTreeMap<String, String>,
     stale_after_ms: u64,
 ) -> Vec<Stale> {
+    let floor = stale_after_ms as i64;
+    let cap = floor.max(DEAD_WITHOUT_FRAMES_MS);
     fields
         .iter()
         .filter_map(|(conn, v)| {
-            let last: i64 = v.parse().ok()?;
+            let (last, gap) = match v.split_once(',') {
+                Some((last, gap)) => (last.parse::<i64>().ok()?, gap.parse::<i64>().ok()?),
+                None => (v.parse::<i64>().ok()?, 0),
+            };
             if last <= 0 {
                 return None;
             }
+            let threshold = gap.saturating_mul(EXPECTED_FRAMES).clamp(floor, cap);
             let silent = now_ms - last;
-            (silent > stale_after_ms as i64).then(|| Stale {
+            (silent > threshold).then(|| Stale {
                 node_id: node_id.to_string(),
                 conn_id: conn.clone(),
                 silent_ms: silent,
+                threshold_ms: threshold,
             })
         })
         .collect()
@@ -178,7 +201,7 @@ impl FeedHealth {
                     issued_at_ms: now_ms,
                     reason: format!(
                         "no message for {} ms (threshold {} ms)",
-                        s.silent_ms, self.stale_after_ms
+                        s.silent_ms, s.threshold_ms
                     ),
                 };
                 let json = serde_json::to_string(&order).expect("orders serialize");
@@ -217,21 +240,42 @@ mod tests {
     fn only_connections_silent_past_the_threshold_are_stale() {
         let now = 1_000_000;
         let f = fields(&[
-            ("spot:1", "995000"),     // 5 s: fine
-            ("spot:2", "990000"),     // exactly 10 s: not past it
-            ("usdm:1", "989999"),     // 10.001 s: stale
-            ("options:1", "0"),       // never had a frame: connecting
+            ("spot:1", "995000,5"),   // 5 s of a busy connection: fine
+            ("spot:2", "990000,5"),   // exactly 10 s: not past it
+            ("usdm:1", "989999,5"),   // 10.001 s: stale
+            ("usdm:2", "989999"),     // the same without a gap (older node): stale
+            ("options:1", "0"),       // not connected: the node is reconnecting itself
             ("options:2", "garbage"), // unparsable: skipped, not a crash
+            ("options:3", "1,x"),     // unparsable gap: skipped
         ]);
         let s = stale_connections(now, "n1", &f, 10_000);
+        let stale = |conn: &str| Stale {
+            node_id: "n1".into(),
+            conn_id: conn.into(),
+            silent_ms: 10_001,
+            threshold_ms: 10_000,
+        };
+        assert_eq!(s, vec![stale("usdm:1"), stale("usdm:2")]);
+    }
+
+    #[test]
+    fn quiet_connections_get_ten_of_their_own_gaps_up_to_a_minute() {
+        let now = 1_000_000;
+        // Mean gap 3 s (tail instruments only): 25 s of silence is ordinary, 31 s is not.
+        let f = fields(&[("spot:1", "975000,3000"), ("spot:2", "969000,3000")]);
+        let s = stale_connections(now, "n1", &f, 10_000);
+        assert_eq!(s.len(), 1);
         assert_eq!(
-            s,
-            vec![Stale {
-                node_id: "n1".into(),
-                conn_id: "usdm:1".into(),
-                silent_ms: 10_001
-            }]
+            (s[0].conn_id.as_str(), s[0].threshold_ms),
+            ("spot:2", 30_000)
         );
+        // No trade yet in a long session (gap = session length): capped at 60 s without frames.
+        let f = fields(&[("spot:1", "939999,500000")]);
+        let s = stale_connections(now, "n1", &f, 10_000);
+        assert_eq!((s[0].silent_ms, s[0].threshold_ms), (60_001, 60_000));
+        // A configured threshold above the cap wins.
+        let f = fields(&[("spot:1", "939999,500000")]);
+        assert!(stale_connections(now, "n1", &f, 90_000).is_empty());
     }
 
     #[test]

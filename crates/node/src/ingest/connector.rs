@@ -65,6 +65,9 @@ pub struct ConnHealth {
     pub connected: AtomicBool,
     /// Wall-clock ms of the last frame of any kind.
     pub last_frame_ms: AtomicI64,
+    /// Mean ms between trades over the current session (the session's age while it has none):
+    /// lets the scheduler tell a quiet connection from a silent one.
+    pub mean_gap_ms: AtomicI64,
     pub streams: AtomicUsize,
     pub sessions: AtomicU64,
     /// Ends the current session and reconnects at once (a scheduler order, see
@@ -142,6 +145,7 @@ pub fn spawn_connection(
         conn,
         connected: AtomicBool::new(false),
         last_frame_ms: AtomicI64::new(0),
+        mean_gap_ms: AtomicI64::new(0),
         streams: AtomicUsize::new(streams.len()),
         sessions: AtomicU64::new(0),
         reconnect: Notify::new(),
@@ -430,6 +434,8 @@ impl Connection {
                 }
                 _ = check.tick() => {
                     let now = Instant::now();
+                    let age = now.duration_since(sess.opened).as_millis() as i64;
+                    self.health.mean_gap_ms.store(age / sess.data_frames.max(1) as i64, Ordering::Relaxed);
                     if retiring.as_ref().is_some_and(|(_, until)| now >= *until) {
                         let (mut old, _) = retiring.take().expect("checked");
                         let _ = old.ws.close(None).await;

@@ -358,8 +358,8 @@ async fn flush_loop(
             last_gauges = now;
             let now_ms = connector::now_ms();
             // Last-message time per connection: a gauge here, and a Redis hash
-            // `{prefix}:feed:{node_id}` (field `market:conn` = ms) for the scheduler's feed-health
-            // watch; the hash expires if the node dies.
+            // `{prefix}:feed:{node_id}` (field `market:conn` = `last_frame_ms,mean_gap_ms`) for
+            // the scheduler's feed-health watch; the hash expires if the node dies.
             let feed_key = pricefeed_store::feed::feed_key(&deps.prefix, &deps.node_id);
             let mut pipe = redis::pipe();
             pipe.del(&feed_key).ignore();
@@ -374,12 +374,14 @@ async fn flush_loop(
                 // already reconnecting at its own pace, and an order would only skip the
                 // backoff that protects the exchange's connection-attempt limit.
                 let connected = h.connected.load(std::sync::atomic::Ordering::Relaxed);
-                pipe.hset(
-                    &feed_key,
-                    format!("{}:{}", h.market, h.conn),
-                    if connected { last } else { 0 },
-                )
-                .ignore();
+                let gap = h.mean_gap_ms.load(std::sync::atomic::Ordering::Relaxed);
+                let value = if connected {
+                    format!("{last},{gap}")
+                } else {
+                    "0".to_string()
+                };
+                pipe.hset(&feed_key, format!("{}:{}", h.market, h.conn), value)
+                    .ignore();
                 any = true;
             }
             if any {

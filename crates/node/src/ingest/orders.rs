@@ -166,6 +166,7 @@ mod tests {
             conn: 1,
             connected: AtomicBool::new(true),
             last_frame_ms: AtomicI64::new(0),
+            mean_gap_ms: AtomicI64::new(0),
             streams: AtomicUsize::new(1),
             sessions: AtomicU64::new(1),
             reconnect: Notify::new(),

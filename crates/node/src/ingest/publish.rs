@@ -12,8 +12,8 @@
 //!   advance, and the next owner (starting after the stored id) re-accepts exactly those trades.
 //! - `{prefix}:handover:market:SYMBOL`: "released at epoch E", set with the final flush of an
 //!   instrument this node lost; the new owner goes live when it sees it.
-//! - `{prefix}:feed:{node_id}` hash, field `market:conn` = last frame time (ms), rewritten every
-//!   second by the flush loop, expiring 10 s after the node stops (for the scheduler's
+//! - `{prefix}:feed:{node_id}` hash, field `market:conn` = `last_frame_ms,mean_gap_ms` (`0` while
+//!   not connected), rewritten every second by the flush loop, expiring 10 s after the node stops (for the scheduler's
 //!   feed-health watch).
 
 use pricefeed_domain::instrument::InstrumentKey;
