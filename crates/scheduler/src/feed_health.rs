@@ -48,9 +48,10 @@ const EXPECTED_FRAMES: i64 = 10;
 /// every 20 s, so three pings are missing.
 const DEAD_WITHOUT_FRAMES_MS: i64 = 60_000;
 
-/// The staleness rule. Each field is `last_frame_ms,mean_gap_ms` (a bare `last_frame_ms` is read
-/// with an unknown gap): the wall-clock ms of the connection's last frame, and the mean time
-/// between trades over its current session. A connection is stale when it has been silent for
+/// The staleness rule. Each field is `last_frame_ms,mean_gap_ms` (a bare `last_frame_ms`, from an
+/// older node, is read as gap 0): the wall-clock ms of the connection's last frame, and the mean
+/// time between its trade arrivals this session measured up to the last one (`-1` while too few
+/// arrived to tell: allowed the longest silence). A connection is stale when it has been silent for
 /// longer than `stale_after_ms` *and* longer than [`EXPECTED_FRAMES`] of its own mean gaps
 /// (capped at [`DEAD_WITHOUT_FRAMES_MS`]): a connection carrying only quiet instruments (a few
 /// trades a minute each) is legitimately silent for many seconds, and reconnecting it every few
@@ -74,7 +75,13 @@ pub fn stale_connections(
             if last <= 0 {
                 return None;
             }
-            let threshold = gap.saturating_mul(EXPECTED_FRAMES).clamp(floor, cap);
+            // A negative gap: too few trades this session to tell quiet from stalled yet; allow
+            // the longest silence.
+            let threshold = if gap < 0 {
+                cap
+            } else {
+                gap.saturating_mul(EXPECTED_FRAMES).clamp(floor, cap)
+            };
             let silent = now_ms - last;
             (silent > threshold).then(|| Stale {
                 node_id: node_id.to_string(),
@@ -269,10 +276,16 @@ mod tests {
             (s[0].conn_id.as_str(), s[0].threshold_ms),
             ("spot:2", 30_000)
         );
-        // No trade yet in a long session (gap = session length): capped at 60 s without frames.
-        let f = fields(&[("spot:1", "939999,500000")]);
-        let s = stale_connections(now, "n1", &f, 10_000);
-        assert_eq!((s[0].silent_ms, s[0].threshold_ms), (60_001, 60_000));
+        // A very quiet connection, or one with too few trades so far (-1): 60 s at most.
+        for gap in ["500000", "-1"] {
+            let f = fields(&[
+                ("spot:1", &format!("939999,{gap}")),
+                ("spot:2", "940000,-1"),
+            ]);
+            let s = stale_connections(now, "n1", &f, 10_000);
+            assert_eq!(s.len(), 1, "{gap}");
+            assert_eq!((s[0].silent_ms, s[0].threshold_ms), (60_001, 60_000));
+        }
         // A configured threshold above the cap wins.
         let f = fields(&[("spot:1", "939999,500000")]);
         assert!(stale_connections(now, "n1", &f, 90_000).is_empty());

@@ -65,8 +65,8 @@ pub struct ConnHealth {
     pub connected: AtomicBool,
     /// Wall-clock ms of the last frame of any kind.
     pub last_frame_ms: AtomicI64,
-    /// Mean ms between trades over the current session (the session's age while it has none):
-    /// lets the scheduler tell a quiet connection from a silent one.
+    /// Mean ms between the current session's trade arrivals, up to its last one (-1: too few so
+    /// far): lets the scheduler tell a quiet connection from a silent one.
     pub mean_gap_ms: AtomicI64,
     pub streams: AtomicUsize,
     pub sessions: AtomicU64,
@@ -208,6 +208,11 @@ struct Session {
     last_frame: Instant,
     last_data: Instant,
     data_frames: u64,
+    /// When the session's first trade arrived: with `last_data` and `data_frames`, the mean gap
+    /// between trades measured up to the last one (a silence does not inflate its own yardstick).
+    first_data: Option<Instant>,
+    /// Distinct arrival instants of trades (a burst read at once counts once).
+    data_arrivals: u64,
     /// Frames read while waiting for the SUBSCRIBE acknowledgements, handled first.
     backlog: Vec<Message>,
 }
@@ -434,8 +439,7 @@ impl Connection {
                 }
                 _ = check.tick() => {
                     let now = Instant::now();
-                    let age = now.duration_since(sess.opened).as_millis() as i64;
-                    self.health.mean_gap_ms.store(age / sess.data_frames.max(1) as i64, Ordering::Relaxed);
+                    self.health.mean_gap_ms.store(mean_gap_ms(&sess), Ordering::Relaxed);
                     if retiring.as_ref().is_some_and(|(_, until)| now >= *until) {
                         let (mut old, _) = retiring.take().expect("checked");
                         let _ = old.ws.close(None).await;
@@ -546,7 +550,13 @@ impl Connection {
         let market = self.settings.market;
         match decoded {
             Ok(FrameRef::Trade(t)) => {
+                // Trades read in one burst share `now`: they count as one arrival for the rate
+                // (the fills of one taker order come together, and would fake a zero gap).
+                if sess.first_data.is_none() || now != sess.last_data {
+                    sess.data_arrivals += 1;
+                }
                 sess.last_data = now;
+                sess.first_data.get_or_insert(now);
                 sess.data_frames += 1;
                 let v = self.core.lock().unwrap().on_ws_trade(market, &t, wall);
                 if let Verdict::Rejected(e) = v {
@@ -582,6 +592,23 @@ impl Connection {
                 false
             }
         }
+    }
+}
+
+/// Arrivals a session needs before its mean gap is published: fewer would let two close trades
+/// pass for a busy connection.
+const GAP_MIN_ARRIVALS: u64 = 10;
+
+/// Mean ms between the session's trade arrivals, measured from its first to its last one; -1
+/// while fewer than [`GAP_MIN_ARRIVALS`] arrived (unknown: the scheduler then allows the
+/// longest silence).
+fn mean_gap_ms(sess: &Session) -> i64 {
+    match sess.first_data {
+        Some(first) if sess.data_arrivals >= GAP_MIN_ARRIVALS => {
+            sess.last_data.duration_since(first).as_millis() as i64
+                / (sess.data_arrivals - 1) as i64
+        }
+        _ => -1,
     }
 }
 
@@ -651,6 +678,8 @@ async fn connect(
         last_frame: now,
         last_data: now,
         data_frames: 0,
+        first_data: None,
+        data_arrivals: 0,
         backlog: Vec::new(),
     };
     let mut requests = 0usize;
