@@ -501,6 +501,19 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
     );
 }
 
+/// Reconnect orders the scheduler sent (to anyone), and those `node` obeyed.
+async fn orders_sent_and_obeyed(http: &reqwest::Client, sched: &Proc, node: &Proc) -> (f64, f64) {
+    let sent = metric(http, sched, "pricefeed_reconnect_orders_total", &[]).await;
+    let obeyed = metric(
+        http,
+        node,
+        "pricefeed_feed_disconnects_total",
+        &["reason=\"order\""],
+    )
+    .await;
+    (sent, obeyed)
+}
+
 /// A connection the node is already re-establishing (cut by the exchange, now waiting out its
 /// backoff) is not silent in the scheduler's sense: an order would cut the backoff short and,
 /// under a flapping feed, turn it into a reconnect storm. With every event cutting the
@@ -554,14 +567,7 @@ async fn a_connection_waiting_out_its_backoff_gets_no_order() {
         cuts >= 2.0,
         "the fault did not make the node flap ({cuts} cuts)"
     );
-    let orders = metric(&http, &sched, "pricefeed_reconnect_orders_total", &[]).await;
-    let obeyed = metric(
-        &http,
-        &nodes[0],
-        "pricefeed_feed_disconnects_total",
-        &["reason=\"order\""],
-    )
-    .await;
+    let (orders, obeyed) = orders_sent_and_obeyed(&http, &sched, &nodes[0]).await;
     println!("{cuts} cuts by the exchange in 8 s; scheduler orders {orders}, obeyed {obeyed}");
     assert_eq!(
         (orders, obeyed),
@@ -648,14 +654,7 @@ async fn a_quiet_connection_is_not_churned() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let orders = metric(&http, &sched, "pricefeed_reconnect_orders_total", &[]).await;
-    let obeyed = metric(
-        &http,
-        &nodes[0],
-        "pricefeed_feed_disconnects_total",
-        &["reason=\"order\""],
-    )
-    .await;
+    let (orders, obeyed) = orders_sent_and_obeyed(&http, &sched, &nodes[0]).await;
     println!(
         "longest silence seen {longest} ms (threshold 1000 ms), mean gap learned {gap} ms; \
          orders {orders}, obeyed {obeyed}"
