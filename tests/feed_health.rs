@@ -73,6 +73,39 @@ async fn seed(http: &reqwest::Client, sim: &Sim, db: &str) -> (String, String) {
     )
 }
 
+/// A node's feed-health hash as the scheduler reads it, at the Redis clock.
+#[derive(Debug)]
+struct FeedView {
+    now_ms: i64,
+    /// Connection → (last frame ms, mean gap ms); `(0, -1)` while not connected.
+    conns: BTreeMap<String, (i64, i64)>,
+}
+
+async fn feed_view(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    node: &str,
+) -> FeedView {
+    let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{prefix}:feed:{node}"))
+        .query_async(redis)
+        .await
+        .unwrap_or_default();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(redis).await.unwrap();
+    // Fields are `last_frame_ms,mean_gap_ms`, or `0` while not connected.
+    let conns = raw
+        .into_iter()
+        .map(|(conn, v)| {
+            let (last, gap) = v.split_once(',').unwrap_or((&v, "-1"));
+            (conn, (last.parse().unwrap(), gap.parse().unwrap()))
+        })
+        .collect();
+    FeedView {
+        now_ms: secs * 1000 + micros / 1000,
+        conns,
+    }
+}
+
 /// Latest trade id of `key` in the Redis price hash.
 async fn price_id(
     redis: &mut redis::aio::MultiplexedConnection,
@@ -237,16 +270,11 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
     // as a stall right after a (re)connect is not what this test is about.
     let until = Instant::now() + READY;
     loop {
-        let feed: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{prefix}:feed:{owner_id}"))
-            .query_async(&mut redis)
-            .await
-            .unwrap_or_default();
-        let known = feed.iter().any(|(conn, v)| {
-            conn.starts_with("spot:")
-                && v.split_once(',')
-                    .is_some_and(|(_, gap)| gap.parse::<i64>().is_ok_and(|g| g >= 0))
-        });
+        let feed = feed_view(&mut redis, &prefix, owner_id).await;
+        let known = feed
+            .conns
+            .iter()
+            .any(|(conn, (_, gap))| conn.starts_with("spot:") && *gap >= 0);
         if known {
             break;
         }
@@ -288,17 +316,10 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
         }
         Ok(None) => panic!("order listener ended"),
         Err(_) => {
-            let feed: BTreeMap<String, String> = redis::cmd("HGETALL")
-                .arg(format!("{prefix}:feed:{owner_id}"))
-                .query_async(&mut redis)
-                .await
-                .unwrap_or_default();
-            let (secs, micros): (i64, i64) =
-                redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+            let feed = feed_view(&mut redis, &prefix, owner_id).await;
             panic!(
                 "no reconnect order within {ORDER_DEADLINE:?} of the stall\n\
-                 {owner_id} feed hash at {}: {feed:?}\nscheduler:\n{}\n{owner_id}:\n{}",
-                secs * 1000 + micros / 1000,
+                 {owner_id} feed: {feed:?}\nscheduler:\n{}\n{owner_id}:\n{}",
                 sched.log_tail(),
                 nodes[owner].log_tail()
             )
@@ -392,22 +413,16 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
     // are seen by this test's own subscription and allowed for below.
     let until = Instant::now() + READY;
     loop {
-        let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{prefix}:feed:{owner_id}"))
-            .query_async(&mut redis)
-            .await
-            .unwrap_or_default();
-        // `last_frame_ms,mean_gap_ms` per connection.
-        let fields: BTreeMap<&String, i64> = raw
-            .iter()
-            .map(|(k, v)| (k, v.split(',').next().unwrap().parse().unwrap()))
-            .collect();
-        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
-        let now = secs * 1000 + micros / 1000;
-        if !fields.is_empty() && fields.values().all(|t| now - t < 1000) {
+        let feed = feed_view(&mut redis, &prefix, owner_id).await;
+        if !feed.conns.is_empty()
+            && feed
+                .conns
+                .values()
+                .all(|(last, _)| feed.now_ms - last < 1000)
+        {
             break;
         }
-        assert!(Instant::now() < until, "feed hash never fresh: {fields:?}");
+        assert!(Instant::now() < until, "feed hash never fresh: {feed:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let before = metric(
@@ -613,7 +628,6 @@ async fn a_quiet_connection_is_not_churned() {
     let nodes = start_nodes(&["n1"], &env).await;
     let client = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let feed = format!("{prefix}:feed:n1");
     let field = "spot:1";
     // Longest silence the scheduler could have seen on the spot connection, over 20 s once it
     // is connected, and the mean gap the node published last.
@@ -622,33 +636,16 @@ async fn a_quiet_connection_is_not_churned() {
     let mut longest = 0i64;
     let mut gap = -1i64;
     while watched_since.is_none_or(|t| t.elapsed() < Duration::from_secs(20)) {
-        let v: Option<String> = redis::cmd("HGET")
-            .arg(&feed)
-            .arg(field)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let (last, g) = v
-            .as_deref()
-            .and_then(|v| v.split_once(','))
-            .map_or((0, -1), |(l, g)| {
-                (l.parse().unwrap_or(0), g.parse().unwrap_or(-1))
-            });
+        let view = feed_view(&mut redis, &prefix, "n1").await;
+        let (last, g) = view.conns.get(field).copied().unwrap_or((0, -1));
         gap = g;
         if last > 0 {
             watched_since.get_or_insert_with(Instant::now);
-            let (secs, micros): (i64, i64) =
-                redis::cmd("TIME").query_async(&mut redis).await.unwrap();
-            longest = longest.max(secs * 1000 + micros / 1000 - last);
+            longest = longest.max(view.now_ms - last);
         } else {
-            let all: BTreeMap<String, String> = redis::cmd("HGETALL")
-                .arg(&feed)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
             assert!(
                 Instant::now() < until,
-                "{field} never connected: {all:?}\n{}",
+                "{field} never connected: {view:?}\n{}",
                 nodes[0].log_tail()
             );
         }
