@@ -4,7 +4,9 @@
 //! quarterly delivery contracts `<pair>_<yymmdd>` (last Friday of Mar/Jun/Sep/Dec, 08:00 UTC) and
 //! an option chain `<BASE>-<yymmdd>-<strike>-<C|P>` over weekly Friday expiries. Tick and step
 //! sizes are powers of ten chosen from the price magnitude, so the grids look like the
-//! exchange's (BTC spot tick 0.01, step 0.00001). Instruments are never removed from the vector
+//! exchange's (BTC spot tick 0.01, step 0.00001). Every instrument carries its underlying's
+//! annualised volatility (a table for the real tickers, drawn from the seed for the synthetic
+//! ones: [`crate::market::asset_vol`]). Instruments are never removed from the vector
 //! (their index is their id everywhere: rings, subscriptions), only flagged.
 
 use std::collections::HashMap;
@@ -87,7 +89,8 @@ pub struct Instrument {
     pub tick_units: i64,
     #[serde(skip)]
     pub step_units: i64,
-    /// First price of the random walk, in ticks.
+    /// Price at listing, in ticks (the ticker before the first trade; for a spot pair also
+    /// where its underlying's latent price path starts).
     pub start_ticks: i64,
     /// Typical quantity of a trade, in steps.
     pub typical_steps: i64,
@@ -96,6 +99,9 @@ pub struct Instrument {
     pub expiry: i64,
     pub rate_per_sec: f64,
     pub hot: bool,
+    /// Annualised volatility of the underlying (times `sim.vol_scale`): the latent path's, and
+    /// the at-the-money implied vol of its options.
+    pub vol: f64,
     /// Order in which the underlying was listed (0 = BTC); hot symbols are the first ones.
     pub underlying_no: u32,
 }
@@ -172,6 +178,8 @@ pub struct CatalogueParams {
     pub option_expiries: u32,
     pub option_strikes: u32,
     pub initial_halted_ratio: f64,
+    /// Multiplies every asset's volatility.
+    pub vol_scale: f64,
 }
 
 /// Instruments plus name indexes per market.
@@ -308,8 +316,11 @@ impl Catalogue {
                 ids.extend(self.add_option_pair(&base, &pair, price, expiry, k, now_ms));
             }
         }
+        let vol = crate::market::asset_vol(self.params.seed, &base) * self.params.vol_scale;
         for id in &ids {
-            self.instruments[*id as usize].underlying_no = n;
+            let inst = &mut self.instruments[*id as usize];
+            inst.underlying_no = n;
+            inst.vol = vol;
         }
         self.underlyings = self.underlyings.max(n + 1);
         ids
@@ -386,6 +397,7 @@ impl Catalogue {
                 let k = Decimal::from(self.rng.random_range(1..=60)) * ss;
                 for id in self.add_option_pair(&s.base, &s.pair, spot_price, expiry, k, now_ms) {
                     self.instruments[id as usize].underlying_no = s.underlying_no;
+                    self.instruments[id as usize].vol = s.vol;
                     out.push(self.change(id, "listed", now_ms));
                 }
             }
@@ -496,6 +508,7 @@ fn make(
         expiry,
         rate_per_sec: 0.0,
         hot: false,
+        vol: 0.0,
         underlying_no: 0,
     }
 }
@@ -651,6 +664,7 @@ mod tests {
             option_expiries: 2,
             option_strikes: 4,
             initial_halted_ratio: 0.1,
+            vol_scale: 1.0,
         }
     }
 

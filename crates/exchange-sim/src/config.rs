@@ -66,6 +66,9 @@ pub struct SimConfig {
     pub tail_rate_per_min: f64,
     /// Per-symbol overrides in trades per second, keyed by symbol (any market).
     pub rates: BTreeMap<String, f64>,
+    /// Multiplies every asset's annualised volatility (1.0 = realistic; 10.0 makes ten minutes
+    /// move like sixteen hours, for demos of alerts; 0.0 = flat prices plus tick noise).
+    pub vol_scale: f64,
     /// How often the generator wakes to emit due trades.
     pub tick_ms: u64,
     /// Trades kept per hot (and load-mode) symbol for REST/ground truth.
@@ -138,6 +141,7 @@ impl Default for SimConfig {
             hot_rate_per_sec: 200.0,
             tail_rate_per_min: 3.0,
             rates: BTreeMap::new(),
+            vol_scale: 1.0,
             tick_ms: 10,
             history_depth_hot: 50_000,
             history_depth_tail: 1_000,
@@ -193,6 +197,9 @@ impl Validate for SimConfig {
                     "must be between 0 and 10000000 trades/s",
                 ));
             }
+        }
+        if !(self.vol_scale.is_finite() && (0.0..=20.0).contains(&self.vol_scale)) {
+            return k("vol_scale", "must be between 0.0 and 20.0");
         }
         if !(1..=1000).contains(&self.tick_ms) {
             return k("tick_ms", "must be between 1 and 1000");
@@ -274,6 +281,7 @@ mod tests {
         assert_eq!(f.sim.control_bind, d.control_bind);
         assert_eq!(f.sim.underlyings, d.underlyings);
         assert_eq!(f.sim.ws_pong_timeout_ms, d.ws_pong_timeout_ms);
+        assert_eq!(f.sim.vol_scale, d.vol_scale);
     }
 
     #[test]
@@ -283,6 +291,14 @@ mod tests {
         c.tick_ms = 0;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("sim.tick_ms"), "{e}");
+        for bad in [-1.0, 21.0, f64::NAN] {
+            let c = SimConfig {
+                vol_scale: bad,
+                ..SimConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("sim.vol_scale"), "{e}");
+        }
         let mut c = SimConfig::default();
         c.faults.symbols.insert(
             "BTCUSDT".into(),

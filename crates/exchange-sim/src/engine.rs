@@ -1,16 +1,24 @@
-//! The trade engine: one generator task that owns time, the per-symbol random walks and the
-//! history rings, and broadcasts every batch of new trades to the WebSocket connections.
+//! The trade engine: one generator task that owns time, the latent market (one fair-price path
+//! per underlying, [`crate::market`]), the per-symbol order flow and the history rings, and
+//! broadcasts every batch of new trades to the WebSocket connections.
 //!
 //! Why REST always tells the truth: a trade exists only once the generator has appended it to
 //! its symbol's ring, and it is appended *before* the batch is broadcast, under the same lock
 //! REST reads through. So anything a WS client saw is in the ring (until it ages out), and the
 //! ring is never rewritten. Faults act later, per connection, on copies.
 //!
-//! Determinism: each symbol has its own ChaCha8 stream seeded from (seed, market, symbol), so
-//! its sequence of prices, quantities, sides, ids and inter-arrival gaps is a function of the
-//! seed alone. Wall-clock time only anchors the timestamps (the n-th trade happens at
-//! `listing time + sum of the first n gaps`), and a generator stall of more than two seconds
+//! Determinism: each underlying's latent path is a function of (seed, base asset, grid index)
+//! and each symbol has its own ChaCha8 stream seeded from (seed, market, symbol) for its
+//! arrivals, sides, quantities and tick noise, so its sequence of prices, quantities, sides, ids
+//! and inter-arrival gaps is a function of the seed alone. Wall-clock time only anchors the
+//! timestamps (the n-th trade happens at `listing time + sum of the first n gaps`, and the
+//! latent grid starts at the listing time), and a generator stall of more than two seconds
 //! skips ahead instead of replaying a burst.
+//!
+//! Every trade is priced from its underlying's latent price at that trade's time
+//! ([`crate::market::Pricer`]), rounded to the instrument's tick with a tick or two of
+//! microstructure noise (takers buy at the offer, sell at the bid). Arrival rates follow the
+//! underlying's volatility regime (busier when wild) and average the configured rates.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -21,12 +29,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::catalogue::{Catalogue, CatalogueParams, Instrument, ListingChange, Market};
+use crate::catalogue::{Catalogue, CatalogueParams, Instrument, Kind, ListingChange, Market};
 use crate::config::SimConfig;
 use crate::faults::{FaultSnapshot, FaultTable};
+use crate::market::{Latent, Pricer};
 
 /// Wall clock in ms since the epoch.
 pub fn now_ms() -> i64 {
@@ -226,22 +236,30 @@ pub struct Agg {
     pub buyer_maker: bool,
 }
 
+/// Order flow of one instrument.
 #[derive(Debug)]
 struct Walk {
     rng: ChaCha8Rng,
-    ticks: i64,
     next_agg: i64,
     /// Next taker order, µs since the epoch.
     next_at_us: i64,
-    /// Mean gap between taker orders in µs; 0 = never trades.
+    /// Mean gap between taker orders in µs at the average regime; 0 = never trades.
     mean_gap_us: f64,
+    pricer: Pricer,
+    /// Index of the underlying's latent path.
+    latent: u32,
+    tick: f64,
+    /// Largest price in ticks whose mantissa still fits an i64 at the display scale.
+    max_ticks: i64,
 }
 
-/// Mutable state behind one lock: catalogue, rings, walks, schedule.
+/// Mutable state behind one lock: catalogue, rings, latent paths, walks, schedule.
 #[derive(Debug)]
 pub struct World {
     pub cat: Catalogue,
     pub rings: Vec<Ring>,
+    /// One per underlying, indexed by `Instrument::underlying_no`.
+    latents: Vec<Latent>,
     walks: Vec<Walk>,
     heap: BinaryHeap<Reverse<(i64, u32)>>,
     pub listings: VecDeque<ListingChange>,
@@ -271,7 +289,7 @@ pub struct Engine {
     protected: Vec<u32>,
 }
 
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in *p {
@@ -295,6 +313,7 @@ impl Engine {
                 option_expiries: cfg.option_expiries,
                 option_strikes: cfg.option_strikes,
                 initial_halted_ratio: cfg.initial_halted_ratio,
+                vol_scale: cfg.vol_scale,
             },
             start_us / 1000,
         );
@@ -307,12 +326,14 @@ impl Engine {
         let mut world = World {
             cat,
             rings: Vec::new(),
+            latents: Vec::new(),
             walks: Vec::new(),
             heap: BinaryHeap::new(),
             listings: VecDeque::new(),
         };
         let mut protected = Vec::new();
         let n = world.cat.instruments.len() as u32;
+        add_latents(&cfg, &mut world, 0, start_us);
         for id in 0..n {
             let hot = assign_rate(&cfg, &mut world.cat.instruments[id as usize], true);
             if hot {
@@ -361,6 +382,7 @@ impl Engine {
         let before = w.cat.instruments.len() as u32;
         let changes = w.cat.step_listing(now / 1000, &self.protected);
         let after = w.cat.instruments.len() as u32;
+        add_latents(&self.cfg, &mut w, before, now);
         for id in before..after {
             assign_rate(&self.cfg, &mut w.cat.instruments[id as usize], false);
             add_walk(&self.cfg, &mut w, id, now);
@@ -446,6 +468,56 @@ fn assign_rate(cfg: &SimConfig, inst: &mut Instrument, initial: bool) -> bool {
     hot
 }
 
+/// Starts the latent path of every underlying whose spot pair is among the instruments from
+/// `from` on (underlyings are listed in order, spot pair first), at that pair's listing price.
+fn add_latents(cfg: &SimConfig, w: &mut World, from: u32, anchor_us: i64) {
+    for inst in &w.cat.instruments[from as usize..] {
+        if inst.kind == Kind::Spot && inst.underlying_no as usize == w.latents.len() {
+            let price = inst.price(inst.start_ticks).to_f64().unwrap_or(1.0);
+            w.latents.push(Latent::new(
+                cfg.seed, &inst.base, price, inst.vol, anchor_us,
+            ));
+        }
+    }
+}
+
+/// A unit-interval number from (seed, what, base): per-underlying constants shared by all its
+/// instruments, independent of every other random stream.
+fn unit(seed: u64, what: &str, base: &str) -> f64 {
+    let h = fnv1a(&[&seed.to_le_bytes(), what.as_bytes(), base.as_bytes()]);
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn pricer(seed: u64, inst: &Instrument) -> Pricer {
+    let expiry_us = inst.expiry.saturating_mul(1000);
+    // Perpetuals trade 1–5 bp over spot; delivery futures carry 4–12 %/yr until delivery.
+    let basis = 0.0001 + 0.0004 * unit(seed, "basis", &inst.base);
+    let carry = 0.04 + 0.08 * unit(seed, "carry", &inst.base);
+    match &inst.kind {
+        Kind::Spot => Pricer::Linear {
+            basis: 0.0,
+            carry: 0.0,
+            expiry_us,
+        },
+        Kind::Perpetual => Pricer::Linear {
+            basis,
+            carry: 0.0,
+            expiry_us,
+        },
+        Kind::Delivery { .. } => Pricer::Linear {
+            basis,
+            carry,
+            expiry_us,
+        },
+        Kind::Option { call, strike } => Pricer::Option {
+            call: *call,
+            strike: strike.to_f64().unwrap_or(1.0),
+            expiry_us,
+            vol: inst.vol,
+        },
+    }
+}
+
 fn add_walk(cfg: &SimConfig, w: &mut World, id: u32, start_us: i64) {
     let inst = &w.cat.instruments[id as usize];
     let seed = fnv1a(&[
@@ -472,15 +544,20 @@ fn add_walk(cfg: &SimConfig, w: &mut World, id: u32, start_us: i64) {
     } else {
         0.0
     };
+    let tick = inst.tick.to_f64().unwrap_or(1.0);
     let mut walk = Walk {
         rng,
-        ticks: inst.start_ticks,
         next_agg: first_agg,
         next_at_us: start_us,
         mean_gap_us,
+        pricer: pricer(cfg.seed, inst),
+        latent: inst.underlying_no,
+        tick,
+        max_ticks: (i64::MAX / inst.tick_units.max(1)) / 4,
     };
     if mean_gap_us > 0.0 {
-        walk.next_at_us = start_us + gap(&mut walk);
+        let (_, rate) = w.latents[walk.latent as usize].at(start_us);
+        walk.next_at_us = start_us + gap(&mut walk, rate);
         w.heap.push(Reverse((walk.next_at_us, id)));
     }
     w.rings.push(Ring::new(first_id, depth));
@@ -495,10 +572,12 @@ fn id_clock_offset(start_us: i64) -> i64 {
     ((start_us - EPOCH_2025_US).max(0) / 1_000_000) * 1_000
 }
 
-fn gap(w: &mut Walk) -> i64 {
+/// Gap to the next taker order at the regime's rate multiplier `rate` (taken at the current
+/// order; the regime's half-life of half an hour is far longer than any gap that matters).
+fn gap(w: &mut Walk, rate: f64) -> i64 {
     // Exponential gaps (a Poisson process); f64 is fine here, it only shapes timing.
     let u: f64 = w.rng.random::<f64>();
-    ((-(1.0 - u).ln()) * w.mean_gap_us).max(1.0) as i64
+    ((-(1.0 - u).ln()) * w.mean_gap_us / rate).max(1.0) as i64
 }
 
 fn generate_until(w: &mut World, now_us: i64) -> Batch {
@@ -509,20 +588,26 @@ fn generate_until(w: &mut World, now_us: i64) -> Batch {
         }
         w.heap.pop();
         let World {
-            cat, rings, walks, ..
+            cat,
+            rings,
+            walks,
+            latents,
+            ..
         } = w;
         let inst = &cat.instruments[id as usize];
         let walk = &mut walks[id as usize];
         let ring = &mut rings[id as usize];
+        let latent = &mut latents[walk.latent as usize];
         if now_us - walk.next_at_us > MAX_CATCH_UP_US {
             walk.next_at_us = now_us;
         }
         let trading = inst.is_trading();
         while walk.next_at_us <= now_us {
+            let (s, rate) = latent.at(walk.next_at_us);
             if trading {
-                one_order(inst, walk, ring, id, &mut batch);
+                one_order(inst, walk, ring, id, s, rate, &mut batch);
             }
-            walk.next_at_us += gap(walk);
+            walk.next_at_us += gap(walk, rate);
         }
         if !inst.removed {
             w.heap.push(Reverse((walk.next_at_us, id)));
@@ -531,37 +616,42 @@ fn generate_until(w: &mut World, now_us: i64) -> Batch {
     batch
 }
 
-fn one_order(inst: &Instrument, walk: &mut Walk, ring: &mut Ring, id: u32, batch: &mut Batch) {
+/// One taker order at the underlying's fair price `s`: 1–4 fills at one price (one aggTrade).
+#[allow(clippy::too_many_arguments)]
+fn one_order(
+    inst: &Instrument,
+    walk: &mut Walk,
+    ring: &mut Ring,
+    id: u32,
+    s: f64,
+    rate: f64,
+    batch: &mut Batch,
+) {
+    let fair = walk.pricer.fair(s, walk.next_at_us);
     let rng = &mut walk.rng;
-    // Random walk on the tick grid with a pull back toward the start price, so a long run
-    // neither drifts to one tick nor explodes.
-    let d = rng.random_range(1..=3i64);
-    let r = rng.random_range(0..100u32);
-    let up_bias = if walk.ticks < inst.start_ticks / 2 {
-        15
-    } else if walk.ticks > inst.start_ticks * 2 {
-        -15
-    } else {
-        0
-    };
-    let threshold_down = (30 - up_bias).clamp(5, 55) as u32;
-    if r < threshold_down {
-        walk.ticks = (walk.ticks - d).max(1);
-    } else if r < 60 {
-        walk.ticks += d;
-    }
     let fills = if rng.random::<f64>() < 0.7 {
         1
     } else {
         rng.random_range(2..=4)
     };
     let buyer_maker = rng.random::<bool>();
+    // A taker buy lifts the offer, a taker sell hits the bid, plus a tick of jitter: prints
+    // bounce around the fair price the way real ones do around the mid.
+    let side = if buyer_maker { -1 } else { 1 };
+    let noise = side * rng.random_range(0..=1i64) + rng.random_range(-1..=1i64);
+    let ticks = ((fair / walk.tick).round() as i64)
+        .saturating_add(noise)
+        .clamp(1, walk.max_ticks);
     let time = walk.next_at_us / 1000;
-    let price = inst.price(walk.ticks);
+    let price = inst.price(ticks);
     let agg = walk.next_agg;
     walk.next_agg += 1;
+    // Wild periods also trade somewhat larger orders.
+    let max_steps = ((inst.typical_steps * 2) as f64 * rate.sqrt())
+        .round()
+        .max(1.0) as i64;
     for f in 0..fills {
-        let steps = rng.random_range(1..=inst.typical_steps * 2);
+        let steps = rng.random_range(1..=max_steps);
         let rec = Rec {
             time,
             price,
@@ -629,6 +719,187 @@ mod tests {
             assert_eq!((r.qty % inst.step), Decimal::ZERO);
             assert_eq!(r.price.scale(), 8);
         }
+    }
+
+    /// An hour of trading, simulated in one-second ticks; returns the engine and its start.
+    fn simulated_hour() -> (Arc<Engine>, Vec<Latent>) {
+        let e = Engine::new(SimConfig {
+            ids_follow_clock: false,
+            underlyings: 3,
+            hot_symbols: 1,
+            hot_rate_per_sec: 20.0,
+            tail_rate_per_min: 30.0,
+            history_depth_hot: 200_000,
+            history_depth_tail: 10_000,
+            ..SimConfig::default()
+        });
+        // Unqueried copies of the paths, to recompute fair prices independently afterwards.
+        let shadows = e.world.read().unwrap().latents.clone();
+        let t0 = now_us();
+        for s in 1..=3_600 {
+            e.tick(t0 + s * 1_000_000);
+        }
+        (e, shadows)
+    }
+
+    fn symbol(w: &World, market: Market, sym: &str) -> u32 {
+        w.cat.lookup(market, sym).unwrap().id
+    }
+
+    fn f(d: Decimal) -> f64 {
+        d.to_f64().unwrap()
+    }
+
+    /// Last price of each second (seconds without a trade repeat the previous close).
+    fn closes(ring: &Ring, step_ms: i64) -> Vec<f64> {
+        let v = ring.recent(ring.len());
+        let t0 = v[0].1.time;
+        let mut out: Vec<f64> = Vec::new();
+        let mut last = f(v[0].1.price);
+        let mut bucket = 0;
+        for (_, r) in &v {
+            let b = (r.time - t0) / step_ms;
+            while bucket < b {
+                out.push(last);
+                bucket += 1;
+            }
+            last = f(r.price);
+        }
+        out.push(last);
+        out
+    }
+
+    fn ann_vol(closes: &[f64], step_s: f64) -> f64 {
+        let r: Vec<f64> = closes.windows(2).map(|w| (w[1] / w[0]).ln()).collect();
+        let n = r.len() as f64;
+        let m = r.iter().sum::<f64>() / n;
+        let var = r.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
+        (var * crate::market::SECS_PER_YEAR / step_s).sqrt()
+    }
+
+    fn correlation(a: &[f64], b: &[f64]) -> f64 {
+        let n = a.len() as f64;
+        let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+        let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+        let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+        let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+        cov / (va * vb).sqrt()
+    }
+
+    #[test]
+    fn an_hour_of_trading_looks_like_a_market() {
+        let (e, shadows) = simulated_hour();
+        let w = e.world.read().unwrap();
+        let btc = symbol(&w, Market::Spot, "BTCUSDT");
+        let spot = &w.rings[btc as usize];
+        assert!(spot.len() > 50_000, "{}", spot.len());
+
+        // Realised vol of 1-s log returns near BTC's 50 % (the regime spans 0.4×..3×).
+        let c = closes(spot, 1_000);
+        let vol = ann_vol(&c, 1.0);
+        assert!(
+            (0.5 * 0.3..0.5 * 3.5).contains(&vol),
+            "BTC realised vol {vol}"
+        );
+        // It moved like a market, not like a pinned walk: more than ten ticks' worth, yet sane.
+        let (lo, hi) = c
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        assert!(hi - lo > 20.0 && hi / lo < 1.2, "range {lo}..{hi}");
+
+        // The perpetual stays within a few basis points of spot at the same moment.
+        let perp = &w.rings[symbol(&w, Market::Futures, "BTCUSDT") as usize];
+        let sv = spot.recent(spot.len());
+        let mut j = 0;
+        let mut checked = 0;
+        for (_, r) in perp.recent(perp.len()) {
+            while j + 1 < sv.len() && sv[j + 1].1.time <= r.time {
+                j += 1;
+            }
+            if (r.time - sv[j].1.time).abs() <= 100 {
+                let rel = f(r.price) / f(sv[j].1.price) - 1.0;
+                assert!(
+                    (-0.0005..0.0015).contains(&rel),
+                    "perp/spot {rel} at {}",
+                    r.time
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+
+        // Every print of every instrument is positive, on its grids, and within three ticks of
+        // the fair price recomputed from an untouched copy of the underlying's path (anywhere in
+        // the trade's millisecond: the stored time is truncated to ms).
+        for inst in &w.cat.instruments {
+            let ring = &w.rings[inst.id as usize];
+            let walk = &w.walks[inst.id as usize];
+            let mut shadow = shadows[inst.underlying_no as usize].clone();
+            assert!(!ring.is_empty(), "{} never traded", inst.symbol);
+            for (_, r) in ring.recent(ring.len()) {
+                assert!(r.price > Decimal::ZERO, "{}", inst.symbol);
+                assert_eq!(r.price % inst.tick, Decimal::ZERO, "{}", inst.symbol);
+                assert_eq!(r.qty % inst.step, Decimal::ZERO, "{}", inst.symbol);
+                let mut fair = |t_us: i64| {
+                    (walk.pricer.fair(shadow.at(t_us).0, t_us) / walk.tick)
+                        .round()
+                        .max(1.0)
+                };
+                let (a, b) = (fair(r.time * 1000), fair(r.time * 1000 + 999));
+                let ticks = f(r.price / inst.tick);
+                assert!(
+                    ticks >= a.min(b) - 3.0 && ticks <= a.max(b) + 3.0,
+                    "{} at {}: {ticks} ticks, fair {a}..{b}",
+                    inst.symbol,
+                    r.time
+                );
+            }
+        }
+
+        // Options follow their underlying: calls with it, puts against it.
+        for (sym, sign) in [("C", 1.0), ("P", -1.0)] {
+            let opt = w
+                .cat
+                .listed(Market::Options)
+                .find(|i| i.pair == "BTCUSDT" && i.symbol.ends_with(sym))
+                .unwrap();
+            let mut shadow = shadows[0].clone();
+            let (mut s, mut p) = (Vec::new(), Vec::new());
+            for (_, r) in w.rings[opt.id as usize].recent(10_000) {
+                s.push(shadow.at(r.time * 1000).0);
+                p.push(f(r.price));
+            }
+            let rho = correlation(&s, &p) * sign;
+            assert!(rho > 0.8, "{} price vs BTC: correlation {rho}", opt.symbol);
+        }
+    }
+
+    #[test]
+    fn busy_when_wild() {
+        let (e, _) = simulated_hour();
+        let w = e.world.read().unwrap();
+        let spot = &w.rings[symbol(&w, Market::Spot, "BTCUSDT") as usize];
+        let v = spot.recent(spot.len());
+        let t0 = v[0].1.time;
+        // Per 5-minute window: trade count and realised vol of 1-s closes.
+        let c = closes(spot, 1_000);
+        let (mut counts, mut vols) = (Vec::new(), Vec::new());
+        for k in 0..12 {
+            let (a, b) = (t0 + k * 300_000, t0 + (k + 1) * 300_000);
+            counts.push(v.iter().filter(|(_, r)| r.time >= a && r.time < b).count() as f64);
+            vols.push(ann_vol(
+                &c[(k * 300) as usize..((k + 1) * 300) as usize],
+                1.0,
+            ));
+        }
+        let rho = correlation(&counts, &vols);
+        assert!(
+            rho > 0.5,
+            "counts {counts:?} vols {vols:?}: correlation {rho}"
+        );
+        // Still about the configured 20 trades/s × 1.6 fills on average.
+        let per_s = v.len() as f64 / 3_600.0;
+        assert!((20.0 * 0.35..20.0 * 3.0).contains(&per_s), "{per_s}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`config`]: the `[sim]` section.
 //! - [`catalogue`]: instruments generated from the seed and their listing changes.
 //! - [`engine`]: the trade generator, history rings and batch broadcast (REST's truth).
+//! - [`market`]: latent fair prices per underlying (vol regimes, jumps) and derivative pricing.
 //! - [`render`]: stream-event JSON on the hot path.
 //! - [`ws`]: WebSocket streams and the live-subscription protocol.
 //! - [`rest`]: Binance REST routes with weights and `{code,msg}` errors.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod engine;
 pub mod faults;
 pub mod limits;
+pub mod market;
 pub mod render;
 pub mod rest;
 pub mod ws;

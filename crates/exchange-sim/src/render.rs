@@ -138,6 +138,7 @@ mod tests {
                 option_expiries: 1,
                 option_strikes: 2,
                 initial_halted_ratio: 0.0,
+                vol_scale: 1.0,
             },
             1_800_000_000_000,
         );
