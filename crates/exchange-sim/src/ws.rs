@@ -10,8 +10,11 @@
 //!
 //! Choices where the exchange docs are silent (see `docs/simulator.md`): a well-formed stream on
 //! an unknown symbol (or an unsupported stream type such as `@depth`) is accepted and listed
-//! but carries no data until that symbol is listed; a malformed stream name is error code 2;
-//! exceeding the stream limit is error code 2 and the SUBSCRIBE is not applied at all.
+//! but carries no data until that symbol is listed; a malformed stream name is error code 2
+//! (HTTP 400 in `/stream?streams=`), while a path segment of `/ws/…` that is not a stream name
+//! is ignored, as the exchange accepts any path under `/ws/` (ccxt connects to `/ws/0` and then
+//! subscribes); exceeding the stream limit is error code 2 and the SUBSCRIBE is not applied at
+//! all.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -48,6 +51,8 @@ const FLAG_TRADE: u8 = 1;
 const FLAG_AGG: u8 = 2;
 /// A reorder-held event is released after this long even if no later event comes.
 const MAX_HOLD: Duration = Duration::from_secs(1);
+/// How long a connection we close waits for the peer's Close frame before dropping TCP.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A parsed stream name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,10 +109,16 @@ fn handshake_error(msg: String) -> Response {
         .into_response()
 }
 
-fn initial_streams(st: &WsState, names: &[&str]) -> Result<Vec<Stream>, String> {
+/// Streams named in a handshake. `lenient` skips names that are not well-formed (path
+/// segments of `/ws/…`); otherwise the first one refuses the handshake.
+fn initial_streams(st: &WsState, names: &[&str], lenient: bool) -> Result<Vec<Stream>, String> {
     let mut out: Vec<Stream> = Vec::new();
     for n in names.iter().filter(|n| !n.is_empty()) {
-        let s = parse_stream(st.market, n)?;
+        let s = match parse_stream(st.market, n) {
+            Ok(s) => s,
+            Err(_) if lenient => continue,
+            Err(e) => return Err(e),
+        };
         if !out.iter().any(|o| o.name == s.name) {
             out.push(s);
         }
@@ -126,14 +137,14 @@ pub async fn ws_root(State(st): State<WsState>, up: WebSocketUpgrade) -> Respons
     upgrade(st, up, Vec::new(), false)
 }
 
-/// `GET /ws/<s1>/<s2>`: raw frames.
+/// `GET /ws/<s1>/<s2>`: raw frames; segments that are not stream names (`/ws/0`) are ignored.
 pub async fn ws_path(
     State(st): State<WsState>,
     Path(path): Path<String>,
     up: WebSocketUpgrade,
 ) -> Response {
     let names: Vec<&str> = path.split('/').collect();
-    match initial_streams(&st, &names) {
+    match initial_streams(&st, &names, true) {
         Ok(s) => upgrade(st, up, s, false),
         Err(msg) => handshake_error(msg),
     }
@@ -147,7 +158,7 @@ pub async fn stream(
 ) -> Response {
     let raw = q.get("streams").map(String::as_str).unwrap_or("");
     let names: Vec<&str> = raw.split('/').collect();
-    match initial_streams(&st, &names) {
+    match initial_streams(&st, &names, false) {
         Ok(s) => upgrade(st, up, s, true),
         Err(msg) => handshake_error(msg),
     }
@@ -288,10 +299,9 @@ impl Conn {
                 biased;
                 () = token.cancelled() => {
                     let frame = render::server_shutdown(now_ms(), self.combined);
-                    let _ = tokio::time::timeout(send_timeout, async {
-                        socket.send(Message::Text(frame.into())).await?;
-                        socket.send(close(1001, "Server shutting down")).await
-                    }).await;
+                    if matches!(tokio::time::timeout(send_timeout, socket.send(Message::Text(frame.into()))).await, Ok(Ok(()))) {
+                        close_gracefully(&mut socket, close(1001, "Server shutting down"), send_timeout).await;
+                    }
                     break End::Shutdown;
                 }
                 k = kick.recv() => {
@@ -299,14 +309,14 @@ impl Conn {
                         let frame = render::server_shutdown(now_ms(), self.combined);
                         let _ = tokio::time::timeout(send_timeout, socket.send(Message::Text(frame.into()))).await;
                     }
-                    let _ = tokio::time::timeout(send_timeout, socket.send(close(1001, "Going away"))).await;
+                    close_gracefully(&mut socket, close(1001, "Going away"), send_timeout).await;
                     break End::Kicked;
                 }
                 msg = socket.recv() => {
                     let Some(Ok(msg)) = msg else { break End::ClientClosed };
                     if self.over_rate_limit(cfg.ws_max_msgs_per_sec) {
                         metrics::counter!("sim_ws_rate_limited_total").increment(1);
-                        let _ = tokio::time::timeout(send_timeout, socket.send(close(1008, "Too many requests"))).await;
+                        close_gracefully(&mut socket, close(1008, "Too many requests"), send_timeout).await;
                         break End::RateLimited;
                     }
                     let reply = match msg {
@@ -384,7 +394,7 @@ impl Conn {
                     }
                 }
                 () = sleep_until_opt(lifetime_at), if lifetime_at.is_some() => {
-                    let _ = tokio::time::timeout(send_timeout, socket.send(close(1000, "Connection lifetime exceeded"))).await;
+                    close_gracefully(&mut socket, close(1000, "Connection lifetime exceeded"), send_timeout).await;
                     break End::Lifetime;
                 }
             }
@@ -687,6 +697,27 @@ fn close(code: u16, reason: &'static str) -> Message {
         code,
         reason: Utf8Bytes::from_static(reason),
     }))
+}
+
+/// Sends `close` and completes the closing handshake: reads and discards whatever the peer still
+/// sends until its Close frame, EOF or [`CLOSE_WAIT`]. Dropping a socket with unread input makes
+/// the kernel answer with a TCP reset, and a client that floods (the 1008 case) then loses our
+/// Close frame and reports 1006 (abnormal closure) instead of our code.
+async fn close_gracefully(socket: &mut WebSocket, close: Message, send_timeout: Duration) {
+    if !matches!(
+        tokio::time::timeout(send_timeout, socket.send(close)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

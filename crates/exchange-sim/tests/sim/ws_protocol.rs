@@ -199,6 +199,64 @@ async fn more_than_five_messages_a_second_closes_1008() {
     assert_eq!(end, Ended::Close(1008, "Too many requests".into()));
 }
 
+/// A flooding client must see our close code, not 1006: the server completes the closing
+/// handshake instead of dropping a socket with unread input (the kernel then resets the
+/// connection and the Close frame is lost). Repeated: that failure was intermittent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_always_sees_close_1008() {
+    let sim = start_with(|c| c.ws_max_msgs_per_sec = 5).await;
+    for attempt in 0..8 {
+        let mut ws = connect(&sim.ws_url(sim.addrs.spot, "/ws")).await;
+        // Like a misbehaving client: it keeps sending (every 2 ms) well past the server's
+        // decision to close, and reads only afterwards. A write that fails here means the
+        // server reset the connection under it: what clients report as 1006.
+        let mut pace = tokio::time::interval(Duration::from_millis(2));
+        for i in 0..60 {
+            pace.tick().await;
+            let req = format!(r#"{{"method":"LIST_SUBSCRIPTIONS","id":{i}}}"#);
+            if let Err(e) = ws.send(Message::text(req)).await {
+                panic!("attempt {attempt}: connection reset after {i} frames: {e}");
+            }
+        }
+        let (end, texts) = read_until_end(&mut ws, S5).await;
+        assert_eq!(
+            end,
+            Ended::Close(1008, "Too many requests".into()),
+            "attempt {attempt}"
+        );
+        assert_eq!(texts.len(), 5, "attempt {attempt}: {texts:?}");
+    }
+}
+
+/// ccxt connects to `/ws/<n>` and subscribes afterwards: a path segment that is not a stream
+/// name is ignored (the exchange accepts any path under `/ws/`), a stream name still subscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_path_segments_that_are_not_streams_are_ignored() {
+    let sim = start().await;
+    let mut ws = connect(&sim.ws_url(sim.addrs.spot, "/ws/0")).await;
+    let r = request(&mut ws, r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#).await;
+    assert_eq!(r, json!({"result": [], "id": 1}));
+    let r = request(
+        &mut ws,
+        r#"{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":2}"#,
+    )
+    .await;
+    assert_eq!(r, json!({"result": null, "id": 2}));
+    let t = next_text(&mut ws, S5).await.expect("a trade");
+    let tr: WsTrade = serde_json::from_str(&t).unwrap();
+    assert_eq!(tr.symbol.as_str(), "BTCUSDT");
+
+    let mut ws =
+        connect(&sim.ws_url(sim.addrs.spot, "/ws/0/btcusdt@aggTrade/btcusdt/@trade")).await;
+    let r = request(&mut ws, r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#).await;
+    assert_eq!(r, json!({"result": ["btcusdt@aggTrade"], "id": 1}));
+    // /stream?streams= still refuses a malformed name at the handshake.
+    let err = tokio_tungstenite::connect_async(&sim.ws_url(sim.addrs.spot, "/stream?streams=0"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_limit_is_1024() {
     let sim = start().await;
