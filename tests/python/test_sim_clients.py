@@ -1,77 +1,18 @@
 """An unmodified python-binance client against the built simulator binary.
 
-Starts `pricefeed-sim` (path from PRICEFEED_SIM_BIN) on port 0 with `--ports-file`, then:
+Against the simulator started by `conftest.sim` (the built `pricefeed-sim`, PRICEFEED_SIM_BIN):
 loads exchangeInfo, pages historicalTrades by fromId, and receives a live trade stream.
 The only client changes are the documented base-URL overrides (see reference/testing.md):
 `Client(ping=False)` + `API_URL`, and `BinanceSocketManager.STREAM_URL`.
 """
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import tempfile
-import time
 from decimal import Decimal
 
-import pytest
 from binance import AsyncClient, BinanceSocketManager
 from binance.client import Client
 
-
-def _wait(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def sim():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    binary = os.environ.get("PRICEFEED_SIM_BIN") or next(
-        (p for p in (os.path.join(root, "target", d, "pricefeed-sim") for d in ("debug", "release"))
-         if os.path.exists(p)),
-        None,
-    )
-    if not binary:
-        pytest.fail("set PRICEFEED_SIM_BIN to the built pricefeed-sim binary (cargo build -p pricefeed-exchange-sim)")
-    tmp = tempfile.mkdtemp(prefix="pricefeed-sim-")
-    ports_file = os.path.join(tmp, "ports.json")
-    env = dict(os.environ)
-    for key in ("spot", "futures", "options", "control"):
-        env[f"PRICEFEED__SIM__{key.upper()}_BIND"] = "127.0.0.1:0"
-    env.setdefault("PRICEFEED__SIM__UNDERLYINGS", "5")
-    env.setdefault("PRICEFEED__SIM__HOT_RATE_PER_SEC", "300")
-    # an empty config file keeps the test independent of the working directory
-    cfg = os.path.join(tmp, "sim.toml")
-    open(cfg, "w").close()
-    proc = subprocess.Popen(
-        [binary, "--config", cfg, "--ports-file", ports_file],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"simulator exited: {proc.stderr.read().decode()}")
-            return os.path.exists(ports_file)
-        _wait(ready, 30, "ports file")
-        with open(ports_file) as f:
-            ports = json.load(f)
-        yield ports
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=15) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+from conftest import wait
 
 
 def client(ports):
@@ -93,8 +34,8 @@ def test_exchange_info(sim):
 
 def test_historical_trades_paging_by_from_id(sim):
     c = client(sim)
-    recent = _wait(lambda: c.get_recent_trades(symbol="BTCUSDT", limit=1000), 10, "trades")
-    _wait(lambda: len(c.get_recent_trades(symbol="BTCUSDT", limit=1000)) >= 600, 10, "600 trades")
+    recent = wait(lambda: c.get_recent_trades(symbol="BTCUSDT", limit=1000), 10, "trades")
+    wait(lambda: len(c.get_recent_trades(symbol="BTCUSDT", limit=1000)) >= 600, 10, "600 trades")
     recent = c.get_recent_trades(symbol="BTCUSDT", limit=1000)
     start = recent[0]["id"]
     got = []
