@@ -721,7 +721,8 @@ mod tests {
         }
     }
 
-    /// An hour of trading, simulated in one-second ticks; returns the engine and its start.
+    /// An hour of trading, simulated in one-second ticks; returns the engine and untouched
+    /// copies of its latent paths as they were before the first trade.
     fn simulated_hour() -> (Arc<Engine>, Vec<Latent>) {
         let e = Engine::new(SimConfig {
             ids_follow_clock: false,

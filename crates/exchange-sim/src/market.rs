@@ -109,8 +109,6 @@ pub struct Latent {
     jump_p: f64,
     jump_rms: f64,
     spare: Option<f64>,
-    /// Annualised vol the path was built with.
-    pub vol: f64,
 }
 
 impl Latent {
@@ -134,7 +132,6 @@ impl Latent {
             jump_p,
             jump_rms: (var_step * JUMP_VAR_SHARE / jump_p).sqrt(),
             spare: None,
-            vol,
             rng,
         };
         // Start anywhere in the regime's stationary law: some assets open calm, some wild.
