@@ -52,7 +52,7 @@ async fn every_binary_becomes_ready_serves_ops_routes_and_stops_on_sigterm() {
             // Handles resolved at startup (before any refusal happens) must be live, not the
             // no-op a handle taken before the recorder was installed silently becomes.
             assert!(
-                text.contains("pricefeed_trade_writer_queue_full_total"),
+                text.contains("pricefeed_trade_writer_refused_total"),
                 "{}: history-writer refusal counter not registered:\n{text}",
                 p.name
             );

@@ -146,7 +146,7 @@ async fn redis_ids(
         .collect()
 }
 
-const HIT: [&str; 1] = ["result=\"hit\""];
+const HIT: [&str; 2] = ["cache=\"price\"", "result=\"hit\""];
 
 /// `trade_id` served by `n` for every key (0 when it does not answer with a price).
 async fn served_ids(
@@ -239,9 +239,9 @@ async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
 
     // 1b. Every node owns about a third of the instruments; the rest come from its price cache.
     for n in &nodes {
-        let before = metric(&http, n, "pricefeed_price_cache_total", &HIT).await;
+        let before = metric(&http, n, "pricefeed_live_cache_total", &HIT).await;
         served_ids(&http, n, &expected).await;
-        let after = metric(&http, n, "pricefeed_price_cache_total", &HIT).await;
+        let after = metric(&http, n, "pricefeed_live_cache_total", &HIT).await;
         println!("{}: price cache hits {before} -> {after}", n.name);
         assert!(after > before, "{}: no price cache hits", n.name);
     }
@@ -373,7 +373,7 @@ async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
     let hits_before: Vec<f64> = {
         let mut v = Vec::new();
         for n in &nodes {
-            v.push(metric(&http, n, "pricefeed_price_cache_total", &HIT).await);
+            v.push(metric(&http, n, "pricefeed_live_cache_total", &HIT).await);
         }
         v
     };
@@ -398,7 +398,7 @@ async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for (n, before) in nodes.iter().zip(hits_before) {
-        let after = metric(&http, n, "pricefeed_price_cache_total", &HIT).await;
+        let after = metric(&http, n, "pricefeed_live_cache_total", &HIT).await;
         assert!(
             after > before,
             "{}: no price cache hits after trades stopped",

@@ -146,8 +146,8 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
     let rejected = prom_sum(&m1, "pricefeed_feed_rejected_total");
     let written = prom_sum(&m1, "pricefeed_trades_written_total")
         - prom_sum(&m0, "pricefeed_trades_written_total");
-    let refused = prom_sum(&m1, "pricefeed_trade_writer_queue_full_total")
-        - prom_sum(&m0, "pricefeed_trade_writer_queue_full_total");
+    let refused = prom_sum(&m1, "pricefeed_trade_writer_refused_total")
+        - prom_sum(&m0, "pricefeed_trade_writer_refused_total");
 
     // Loss: take the simulator's next id of each load symbol, give the node 1 s to catch up,
     // then every id from the first accepted up to that point must have been accepted exactly

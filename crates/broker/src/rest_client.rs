@@ -37,6 +37,28 @@ use crate::rest::{
 /// Largest page the exchange serves for trade history.
 pub const MAX_TRADES_LIMIT: u16 = 1000;
 
+/// Where an aggregate-trade page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFrom {
+    /// From this aggregate id (inclusive).
+    Id(u64),
+    /// From this time, ms (inclusive).
+    Time(i64),
+}
+
+/// One aggregate trade: the fills `first_id..=last_id` of one taker order at one price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggTrade {
+    pub agg_id: u64,
+    pub first_id: u64,
+    pub last_id: u64,
+    pub price: rust_decimal::Decimal,
+    /// Summed quantity of the fills.
+    pub qty: rust_decimal::Decimal,
+    pub ts_ms: i64,
+    pub buyer_is_maker: bool,
+}
+
 /// Used when a 429/418 carries no (or an unreadable) `Retry-After`: long enough not to hammer,
 /// short enough that a transient limit does not stall a sync period.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -303,6 +325,125 @@ impl RestClient {
                     })
                     .collect()
             }
+        }
+    }
+
+    /// One page of aggregate trades (spot `/api/v3/aggTrades`, USD-M `/fapi/v1/aggTrades`),
+    /// oldest first: from an aggregate id (inclusive) or from a time (ms, inclusive). Each
+    /// carries the trade-id range `first_id..=last_id` it aggregates (on USD-M the node's ids
+    /// are the aggregate ids themselves). Options have no aggregate trades.
+    pub async fn agg_trades(
+        &self,
+        market: Market,
+        symbol: &Symbol,
+        from: AggFrom,
+        limit: u16,
+    ) -> Result<Vec<AggTrade>, RestError> {
+        if !(1..=MAX_TRADES_LIMIT).contains(&limit) {
+            return Err(RestError::InvalidRequest(format!(
+                "limit {limit} outside 1..={MAX_TRADES_LIMIT}"
+            )));
+        }
+        let path: &'static str = match market {
+            Market::Spot => "/api/v3/aggTrades",
+            Market::Usdm => "/fapi/v1/aggTrades",
+            Market::Options => {
+                return Err(RestError::InvalidRequest(
+                    "options have no aggregate trades".into(),
+                ));
+            }
+        };
+        let mut q: Vec<(&str, String)> = vec![
+            ("symbol", symbol.as_str().to_string()),
+            ("limit", limit.to_string()),
+        ];
+        match from {
+            AggFrom::Id(id) => q.push(("fromId", id.to_string())),
+            AggFrom::Time(t) => q.push(("startTime", t.to_string())),
+        }
+        let rows: Vec<RestAggTrade> = self.get(market, path, &q).await?;
+        let id = |v: i64| {
+            u64::try_from(v).map_err(|_| RestError::Decode {
+                market,
+                path,
+                detail: format!("negative id {v}"),
+            })
+        };
+        rows.into_iter()
+            .map(|r| {
+                Ok(AggTrade {
+                    agg_id: id(r.agg_id)?,
+                    first_id: id(r.first_trade_id)?,
+                    last_id: id(r.last_trade_id)?,
+                    price: r.price,
+                    qty: r.qty,
+                    ts_ms: r.time,
+                    buyer_is_maker: r.buyer_is_maker,
+                })
+            })
+            .collect()
+    }
+
+    /// The most recent `limit` trades (spot `/api/v3/trades`, options `/eapi/v1/trades`),
+    /// oldest first. Not for USD-M, whose node ids are aggregate ids.
+    pub async fn recent_trades(
+        &self,
+        market: Market,
+        symbol: &Symbol,
+        limit: u16,
+    ) -> Result<Vec<Trade>, RestError> {
+        if !(1..=MAX_TRADES_LIMIT).contains(&limit) {
+            return Err(RestError::InvalidRequest(format!(
+                "limit {limit} outside 1..={MAX_TRADES_LIMIT}"
+            )));
+        }
+        let q: Vec<(&str, String)> = vec![
+            ("symbol", symbol.as_str().to_string()),
+            ("limit", limit.to_string()),
+        ];
+        let id = |path: &'static str, id: i64| {
+            u64::try_from(id).map_err(|_| RestError::Decode {
+                market,
+                path,
+                detail: format!("negative trade id {id}"),
+            })
+        };
+        match market {
+            Market::Spot => {
+                const P: &str = "/api/v3/trades";
+                let rows: Vec<RestTrade> = self.get(market, P, &q).await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(Trade {
+                            symbol: symbol.clone(),
+                            trade_id: id(P, r.id)?,
+                            price: r.price,
+                            qty: r.qty,
+                            ts_ms: r.time,
+                            buyer_is_maker: r.is_buyer_maker,
+                        })
+                    })
+                    .collect()
+            }
+            Market::Options => {
+                const P: &str = "/eapi/v1/trades";
+                let rows: Vec<OptionTrade> = self.get(market, P, &q).await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(Trade {
+                            symbol: symbol.clone(),
+                            trade_id: id(P, r.trade_id)?,
+                            price: r.price,
+                            qty: r.qty,
+                            ts_ms: r.time,
+                            buyer_is_maker: r.side < 0,
+                        })
+                    })
+                    .collect()
+            }
+            Market::Usdm => Err(RestError::InvalidRequest(
+                "USD-M recent trades are not aggregate trades; use agg_trades".into(),
+            )),
         }
     }
 

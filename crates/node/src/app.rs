@@ -8,8 +8,12 @@ use axum::Router;
 use pricefeed_runtime::{http, ops, problem, shutdown::Shutdown, telemetry};
 
 use crate::config::NodeConfig;
+use crate::live_cache::{PriceCache, VwapCache};
 use crate::membership::Membership;
 use crate::state::AppState;
+use pricefeed_store::history::InstrumentIds;
+use pricefeed_store::history::writer::TradeWriter;
+use pricefeed_store::protocol::Keys;
 use pricefeed_store::registry::NodeRecord;
 
 /// A started node.
@@ -66,15 +70,47 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         Arc::new(rest),
         shutdown,
     );
-    // Accepted trades go to history too; the writer drains on shutdown.
-    let writer =
-        pricefeed_store::trades::TradeWriter::spawn(db.clone(), cfg.trades.clone(), shutdown);
-    ingest.core.lock().unwrap().set_writer(writer);
-    let prices = Arc::new(crate::price_cache::PriceCache::new());
-    shutdown.tracker().spawn(crate::price_cache::run(
+    let keys = Keys::new(&cfg.redis.key_prefix);
+    let ids = InstrumentIds::new();
+    // Consumers of accepted trades (one line each; see ingest::handoff).
+    let writer = TradeWriter::spawn(
+        db.clone(),
+        cfg.trades.clone(),
+        cfg.trades.spill_path(&node_id),
+        shutdown,
+    )?;
+    let flush_every = Duration::from_millis(cfg.node.feed.tick_flush_ms);
+    crate::ingest::history::attach(&ingest.core, writer, flush_every, shutdown);
+    crate::live::attach(
+        &ingest.core,
+        crate::live::LiveDeps {
+            db: db.clone(),
+            redis: redis.clone(),
+            redis_url: cfg.redis.url.clone(),
+            keys: keys.clone(),
+            ids: ids.clone(),
+            vwap: cfg.vwap.clone(),
+            cfg: cfg.node.live.clone(),
+        },
+        shutdown,
+    );
+
+    // Live values of every instrument, fed by the owners' channels.
+    let prices = Arc::new(PriceCache::new("price"));
+    let vwaps = Arc::new(VwapCache::new("vwap"));
+    let tracker = shutdown.tracker();
+    tracker.spawn(crate::live_cache::run(
         prices.clone(),
         cfg.redis.url.clone(),
-        cfg.redis.key_prefix.clone(),
+        keys.price_ticks(),
+        "price ticks",
+        shutdown.token(),
+    ));
+    tracker.spawn(crate::live_cache::run(
+        vwaps.clone(),
+        cfg.redis.url.clone(),
+        keys.vwap_ticks(),
+        "vwap ticks",
         shutdown.token(),
     ));
     let state = AppState {
@@ -82,9 +118,14 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         node_id: Arc::from(node_id.as_str()),
         redis,
         key_prefix: Arc::from(cfg.redis.key_prefix.as_str()),
+        keys,
         slices,
         ingest,
         prices,
+        vwaps,
+        ids,
+        vwap: Arc::new(cfg.vwap.clone()),
+        retention: Arc::new(cfg.retention.clone()),
     };
     let router = build_router(state, readiness, cfg);
     telemetry::spawn_upkeep(shutdown);

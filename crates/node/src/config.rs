@@ -3,8 +3,12 @@
 
 use pricefeed_runtime::config::{
     BrokerConfig, ConfigError, DatabaseConfig, HttpConfig, RedisConfig, ShutdownConfig,
-    TelemetryConfig, TradesConfig, Validate,
+    TelemetryConfig, Validate,
 };
+use pricefeed_store::history::writer::TradesConfig;
+use pricefeed_store::history::{RetentionConfig, VwapConfig};
+
+use crate::live::LiveConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,6 +20,12 @@ pub struct NodeConfig {
     /// `[trades]`: the history writer fed by ingestion.
     #[serde(default)]
     pub trades: TradesConfig,
+    /// `[vwap]`: intervals and stored history cadence (shared with the workers).
+    #[serde(default)]
+    pub vwap: VwapConfig,
+    /// `[retention]`: how far back raw trades and buckets exist (shared with the scheduler).
+    #[serde(default)]
+    pub retention: RetentionConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
@@ -42,6 +52,9 @@ pub struct NodeSection {
     /// `[node.feed]`: the broker connector and ingest pipeline.
     #[serde(default)]
     pub feed: FeedConfig,
+    /// `[node.live]`: publication of live VWAPs, statistics and rank.
+    #[serde(default)]
+    pub live: LiveConfig,
 }
 
 /// `[node.feed]`: broker WebSocket connections, trade ingest and latest-price publishing.
@@ -191,6 +204,9 @@ impl Validate for NodeConfig {
             ));
         }
         self.node.feed.validate()?;
+        self.node.live.validate()?;
+        self.vwap.validate()?;
+        self.retention.validate()?;
         self.database.validate()?;
         self.redis.validate()?;
         self.broker.validate()?;

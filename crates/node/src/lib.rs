@@ -7,14 +7,16 @@
 //! - [`state`]: the state shared by handlers.
 //! - [`membership`]: registry heartbeat and the node's view of the slice assignment.
 //! - [`ingest`]: broker WS connector, trade pipeline, latest prices, gap backfill.
-//! - [`price_cache`]: latest prices of every instrument, fed by the owners' tick channel.
+//! - [`live_cache`]: latest prices and VWAPs of every instrument, fed by the owners' channels.
+//! - [`live`]: live VWAP windows and 24 h statistics of the owned instruments, and the rank.
 //! - [`pubsub`]: the one subscribe/resubscribe loop behind every Redis channel the node hears.
 
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod ingest;
+pub mod live;
+pub mod live_cache;
 pub mod membership;
-pub mod price_cache;
 pub mod pubsub;
 pub mod state;

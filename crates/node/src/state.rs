@@ -1,5 +1,7 @@
 //! Shared state handed to every request handler.
 
+use std::sync::Arc;
+
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -18,8 +20,17 @@ pub struct AppState {
     pub slices: watch::Receiver<SliceView>,
     /// Ingest state (latest prices of the own slice, statistics, feed health).
     pub ingest: crate::ingest::Ingest,
-    /// Latest prices of every instrument, fed by the tick channel ([`crate::price_cache`]).
-    pub prices: std::sync::Arc<crate::price_cache::PriceCache>,
+    /// Redis key names under `key_prefix`.
+    pub keys: pricefeed_store::protocol::Keys,
+    /// Latest prices of every instrument, fed by the tick channel ([`crate::live_cache`]).
+    pub prices: Arc<crate::live_cache::PriceCache>,
+    /// Latest VWAPs of every instrument, fed by the VWAP channel.
+    pub vwaps: Arc<crate::live_cache::VwapCache>,
+    /// Instrument key ↔ history id.
+    pub ids: pricefeed_store::history::InstrumentIds,
+    /// `[vwap]` and `[retention]`, for the history routes.
+    pub vwap: Arc<pricefeed_store::history::VwapConfig>,
+    pub retention: Arc<pricefeed_store::history::RetentionConfig>,
 }
 
 impl std::fmt::Debug for AppState {

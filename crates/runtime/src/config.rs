@@ -333,80 +333,6 @@ impl Validate for ShutdownConfig {
     }
 }
 
-/// `[trades]`: the batched trade-history writer (`pricefeed_store::trades::TradeWriter`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TradesConfig {
-    /// Rows per INSERT: bigger batches amortise the round trip (UNNEST, see rust-stack.md).
-    #[serde(default = "default_trades_batch_size")]
-    pub batch_size: usize,
-    /// Longest time a trade waits in a partial batch before it is written.
-    #[serde(default = "default_trades_flush_ms")]
-    pub flush_ms: u64,
-    /// Bounded queue between the ingest path and the writer; when full, trades are refused
-    /// (counted) rather than blocking ingestion, and REST reconciliation refills the history.
-    #[serde(default = "default_trades_queue_capacity")]
-    pub queue_capacity: usize,
-    /// Batches written concurrently (each holds one pooled Postgres connection while it runs):
-    /// one batch at a time is bound by the round trip, not by Postgres.
-    #[serde(default = "default_trades_writers")]
-    pub writers: usize,
-}
-
-impl Default for TradesConfig {
-    fn default() -> Self {
-        Self {
-            batch_size: default_trades_batch_size(),
-            flush_ms: default_trades_flush_ms(),
-            queue_capacity: default_trades_queue_capacity(),
-            writers: default_trades_writers(),
-        }
-    }
-}
-
-fn default_trades_batch_size() -> usize {
-    1_000
-}
-fn default_trades_flush_ms() -> u64 {
-    200
-}
-fn default_trades_writers() -> usize {
-    3
-}
-fn default_trades_queue_capacity() -> usize {
-    100_000
-}
-
-impl Validate for TradesConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=10_000).contains(&self.batch_size) {
-            return Err(ConfigError::key(
-                "trades.batch_size",
-                "must be between 1 and 10000",
-            ));
-        }
-        if !(1..=60_000).contains(&self.flush_ms) {
-            return Err(ConfigError::key(
-                "trades.flush_ms",
-                "must be between 1 and 60000",
-            ));
-        }
-        if self.queue_capacity < self.batch_size || self.queue_capacity > 10_000_000 {
-            return Err(ConfigError::key(
-                "trades.queue_capacity",
-                "must be at least trades.batch_size and at most 10000000",
-            ));
-        }
-        if !(1..=64).contains(&self.writers) {
-            return Err(ConfigError::key(
-                "trades.writers",
-                "must be between 1 and 64",
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// `[broker]`: where market data comes from. The defaults point at the local exchange simulator;
 /// switching to the real exchange is a change of these URLs only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -661,24 +587,7 @@ mod tests {
     }
 
     #[test]
-    fn trades_and_broker_timeouts_validate_naming_the_key() {
-        assert!(TradesConfig::default().validate().is_ok());
-        let bad = TradesConfig {
-            queue_capacity: 10,
-            ..TradesConfig::default()
-        };
-        let e = bad.validate().unwrap_err().to_string();
-        assert!(e.contains("trades.queue_capacity"), "{e}");
-        let bad = TradesConfig {
-            flush_ms: 0,
-            ..TradesConfig::default()
-        };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("trades.flush_ms")
-        );
+    fn broker_timeouts_validate_naming_the_key() {
         let broker = |connect, total| BrokerConfig {
             spot_rest_url: "http://a".into(),
             spot_ws_url: "ws://a".into(),

@@ -6,10 +6,17 @@ use std::time::Duration;
 
 use pricefeed_runtime::{http, ops, problem, shutdown::Shutdown, telemetry};
 
+use pricefeed_store::jobs::Jobs;
+use pricefeed_store::protocol::Keys;
+
 use crate::config::SchedulerConfig;
 use crate::feed_health::FeedHealth;
-use crate::leader::{LeaderLoop, LeaderStatus};
+use crate::housekeeping::{RankUpkeep, Retention};
+use crate::leader::{LeaderLoop, LeaderStatus, LeaderTask};
+use crate::reconcile::Reconciler;
+use crate::reconcile::jobs::ReconcileJobs;
 use crate::sync::Syncer;
+use crate::worker::{JobHandler, Runner};
 
 /// Which role this process plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +77,32 @@ pub async fn start(
             derivatives_every: Duration::from_millis(cfg.scheduler.sync_derivatives_ms),
             rebalance_now: rebalance_now.clone(),
         };
+        // Everything the leader runs under its term, one line each.
+        let tasks: Vec<Arc<dyn LeaderTask>> = vec![
+            Arc::new(syncer),
+            Arc::new(FeedHealth {
+                redis: redis.clone(),
+                prefix: cfg.redis.key_prefix.clone(),
+                check_every: Duration::from_millis(cfg.scheduler.feed_check_ms),
+                stale_after_ms: cfg.scheduler.feed_stale_after_ms,
+                node_dead_after_ms: cfg.scheduler.node_dead_after_ms,
+            }),
+            Arc::new(Retention {
+                db: db.clone(),
+                cfg: cfg.retention.clone(),
+                every: Duration::from_secs(600),
+            }),
+            Arc::new(ReconcileJobs {
+                db: db.clone(),
+                every: Duration::from_secs(5),
+            }),
+            Arc::new(RankUpkeep {
+                redis: redis.clone(),
+                keys: Keys::new(&cfg.redis.key_prefix),
+                every: Duration::from_secs(10),
+                stale_after: Duration::from_secs(30),
+            }),
+        ];
         let leader = LeaderLoop {
             cfg: cfg.scheduler.clone(),
             db: db.clone(),
@@ -77,18 +110,35 @@ pub async fn start(
             prefix: cfg.redis.key_prefix.clone(),
             holder,
             status,
-            syncer: Some(syncer),
-            feed_health: Some(FeedHealth {
-                redis: redis.clone(),
-                prefix: cfg.redis.key_prefix.clone(),
-                check_every: Duration::from_millis(cfg.scheduler.feed_check_ms),
-                stale_after_ms: cfg.scheduler.feed_stale_after_ms,
-                node_dead_after_ms: cfg.scheduler.node_dead_after_ms,
-            }),
+            tasks,
             tracker: shutdown.tracker().clone(),
             rebalance_now,
         };
         shutdown.tracker().spawn(leader.run(shutdown.token()));
+    }
+
+    if role == Role::Worker {
+        telemetry::metrics_handle();
+        let client = pricefeed_broker::rest_client::RestClient::from_config(&cfg.broker)
+            .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?;
+        // Job handlers, one line each.
+        let handlers: Vec<Arc<dyn JobHandler>> = vec![Arc::new(Reconciler::new(
+            db.clone(),
+            redis.clone(),
+            Keys::new(&cfg.redis.key_prefix),
+            client,
+            cfg.reconcile.clone(),
+            &cfg.vwap,
+            cfg.retention.clone(),
+        ))];
+        let runner = Runner {
+            jobs: Jobs::new(db.clone(), &holder_id()),
+            handlers,
+            concurrency: cfg.worker.concurrency,
+            poll: Duration::from_millis(cfg.worker.poll_ms),
+            lease: Duration::from_millis(cfg.worker.lease_ms),
+        };
+        shutdown.tracker().spawn(runner.run(shutdown.token()));
     }
 
     let http_cfg = match role {

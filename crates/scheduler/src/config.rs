@@ -1,16 +1,29 @@
-//! Typed configuration of the scheduler binary (sections `scheduler`, `worker`, `database`,
-//! `redis`, `broker`, `telemetry`, `shutdown`).
+//! Typed configuration of the scheduler binary (sections `scheduler`, `worker`, `reconcile`,
+//! `vwap`, `retention`, `database`, `redis`, `broker`, `telemetry`, `shutdown`).
 
 use pricefeed_runtime::config::{
     BrokerConfig, ConfigError, DatabaseConfig, HttpConfig, RedisConfig, ShutdownConfig,
     TelemetryConfig, Validate,
 };
+use pricefeed_store::history::{RetentionConfig, VwapConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::reconcile::ReconcileConfig;
+use crate::worker::WorkerSection;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SchedulerConfig {
     pub scheduler: SchedulerSection,
-    pub worker: RoleSection,
+    pub worker: WorkerSection,
+    /// `[reconcile]`: REST reconciliation (worker jobs).
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+    /// `[vwap]`: intervals and the cadence of stored VWAP history (shared with the nodes).
+    #[serde(default)]
+    pub vwap: VwapConfig,
+    /// `[retention]`: partitions kept per history table (enforced by the leader).
+    #[serde(default)]
+    pub retention: RetentionConfig,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub broker: BrokerConfig,
@@ -18,14 +31,6 @@ pub struct SchedulerConfig {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
-}
-
-/// Per-role settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoleSection {
-    /// Ops listener (`/livez`, `/readyz`, `/metrics`).
-    pub http: HttpConfig,
 }
 
 /// `[scheduler]`: the leader-elected role.
@@ -148,7 +153,10 @@ impl SchedulerSection {
 impl Validate for SchedulerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.scheduler.validate()?;
-        self.worker.http.validate("worker.http")?;
+        self.worker.validate()?;
+        self.reconcile.validate()?;
+        self.vwap.validate()?;
+        self.retention.validate()?;
         self.database.validate()?;
         self.redis.validate()?;
         self.broker.validate()?;

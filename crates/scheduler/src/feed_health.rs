@@ -138,6 +138,19 @@ pub struct FeedHealth {
     pub node_dead_after_ms: u64,
 }
 
+impl crate::leader::LeaderTask for FeedHealth {
+    fn name(&self) -> &'static str {
+        "feed health"
+    }
+    fn run(
+        &self,
+        term: u64,
+        token: CancellationToken,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(self.clone().run(term, token))
+    }
+}
+
 impl FeedHealth {
     /// Runs under `term` until `token` is cancelled (leadership ended or shutdown).
     pub async fn run(self, term: u64, token: CancellationToken) {

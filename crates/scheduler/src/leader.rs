@@ -1,5 +1,6 @@
 //! The scheduler's leader role: hold the lease, and while leading keep the slice assignment in
-//! step with the live nodes and the instrument set.
+//! step with the live nodes and the instrument set, and run the leader tasks ([`LeaderTask`]:
+//! instrument sync, feed health, retention, reconciliation jobs, rank housekeeping).
 //!
 //! One task runs the whole loop, so lease renewal and leader work can never disagree about
 //! whether this process leads. Leader work is gated on a lease renewed within its TTL: when a renew
@@ -23,9 +24,19 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+use futures_util::future::BoxFuture;
+
 use crate::config::SchedulerSection;
-use crate::feed_health::FeedHealth;
-use crate::sync::Syncer;
+
+/// Work that runs only while this process leads: started under each new leadership term with
+/// a child of that term's token, cancelled when leadership ends. Registering one is a line in
+/// `app.rs`; there is one spawn path for all of them ([`LeaderLoop`]).
+pub trait LeaderTask: std::fmt::Debug + Send + Sync + 'static {
+    /// For logs.
+    fn name(&self) -> &'static str;
+    /// Runs under `term` until `token` is cancelled. Writes must carry `term` (fencing).
+    fn run(&self, term: u64, token: CancellationToken) -> BoxFuture<'static, ()>;
+}
 
 /// What `/readyz` and the metrics show about leadership; shared with the HTTP side.
 #[derive(Debug, Default)]
@@ -80,11 +91,9 @@ pub struct LeaderLoop {
     pub prefix: String,
     pub holder: String,
     pub status: Arc<LeaderStatus>,
-    /// Instrument sync, started for each leadership term (`None`: no sync, e.g. in tests).
-    pub syncer: Option<Syncer>,
-    /// Feed-health watch, started for each leadership term (`None`: off).
-    pub feed_health: Option<FeedHealth>,
-    /// Where leader-only tasks (sync) are spawned, so shutdown waits for them.
+    /// Started for each leadership term, stopped when it ends.
+    pub tasks: Vec<Arc<dyn LeaderTask>>,
+    /// Where leader tasks are spawned, so shutdown waits for them.
     pub tracker: TaskTracker,
     /// Woken by the sync after a change: rebalance now instead of on the next tick.
     pub rebalance_now: Arc<Notify>,
@@ -100,10 +109,8 @@ struct Leading {
     /// until then the last assignment is re-published unchanged, giving nodes time to re-register
     /// instead of being declared dead because the registry was wiped with everything else.
     rebuild_until: Option<Instant>,
-    /// Cancels this term's sync task when leadership ends (the struct is dropped).
-    _sync: Option<DropGuard>,
-    /// Cancels this term's feed-health watch likewise.
-    _feed: Option<DropGuard>,
+    /// Cancels this term's leader tasks when leadership ends (the struct is dropped).
+    _tasks: DropGuard,
 }
 
 impl LeaderLoop {
@@ -219,24 +226,18 @@ impl LeaderLoop {
                 }
                 tracing::info!(term, holder = %self.holder, "became leader");
                 self.status.set_leading(Some(term));
-                // Leader-only work runs under this term and stops when the guard drops.
-                let sync = self.syncer.clone().map(|s| {
-                    let token = CancellationToken::new();
-                    self.tracker.spawn(s.run(term, token.clone()));
-                    token.drop_guard()
-                });
-                let feed = self.feed_health.clone().map(|f| {
-                    let token = CancellationToken::new();
-                    self.tracker.spawn(f.run(term, token.clone()));
-                    token.drop_guard()
-                });
+                // Leader tasks run under this term and stop when the guard drops.
+                let term_token = CancellationToken::new();
+                for t in &self.tasks {
+                    tracing::debug!(task = t.name(), term, "starting leader task");
+                    self.tracker.spawn(t.run(term, term_token.child_token()));
+                }
                 Some(Leading {
                     term,
                     current: None,
                     renewed_at: started,
                     rebuild_until: None,
-                    _sync: sync,
-                    _feed: feed,
+                    _tasks: term_token.drop_guard(),
                 })
             }
             Ok(None) => None,

@@ -8,9 +8,15 @@
 //! - [`leader`]: the lease loop and, while leading, the slice assignment.
 //! - [`feed_health`]: reconnect orders for silent feed connections (leader only).
 //! - [`sync`]: instrument sync from the broker's `exchangeInfo` (leader only).
+//! - [`housekeeping`]: partition retention and rank upkeep (leader only).
+//! - [`reconcile`]: REST reconciliation jobs (worker) and their upkeep (leader).
+//! - [`worker`]: the job runner of the worker role.
 
 pub mod app;
 pub mod config;
 pub mod feed_health;
+pub mod housekeeping;
 pub mod leader;
+pub mod reconcile;
 pub mod sync;
+pub mod worker;

@@ -139,6 +139,19 @@ impl Schedule {
     }
 }
 
+impl crate::leader::LeaderTask for Syncer {
+    fn name(&self) -> &'static str {
+        "instrument sync"
+    }
+    fn run(
+        &self,
+        term: u64,
+        token: CancellationToken,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(self.clone().run(term, token))
+    }
+}
+
 impl Syncer {
     /// Runs while this process leads under `term`; returns when `token` is cancelled or a
     /// write is fenced off.

@@ -15,45 +15,22 @@ use pricefeed_domain::assignment::{Assignment, NodeId};
 use pricefeed_domain::instrument::InstrumentKey;
 use redis::Script;
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use std::collections::BTreeMap;
 
-/// What the leader publishes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Published {
-    pub epoch: u64,
-    /// Fencing term of the leader that wrote it.
-    pub term: u64,
-    /// Redis-clock time of the publish, ms.
-    #[serde(default)]
-    pub published_at_ms: i64,
-    /// The leader's dead-node threshold, so the cluster API calls nodes alive or dead with the
-    /// same rule that decided the assignment.
-    #[serde(default)]
-    pub node_dead_after_ms: u64,
-    pub owners: BTreeMap<InstrumentKey, NodeId>,
-}
-
-impl Published {
-    pub fn assignment(&self) -> Assignment {
-        Assignment {
-            epoch: self.epoch,
-            owners: self.owners.clone(),
-        }
-    }
-}
+use crate::protocol::Keys;
+pub use crate::protocol::Published;
 
 pub fn assignment_key(prefix: &str) -> String {
-    format!("{prefix}:assignment")
+    Keys::new(prefix).assignment()
 }
 
 pub fn assignment_term_key(prefix: &str) -> String {
-    format!("{prefix}:assignment:term")
+    Keys::new(prefix).assignment_term()
 }
 
 pub fn changed_channel(prefix: &str) -> String {
-    format!("{prefix}:assignment:changed")
+    Keys::new(prefix).assignment_changed()
 }
 
 // KEYS[1] assignment, KEYS[2] stored term; ARGV[1] term, ARGV[2] JSON with a "__NOW__" marker

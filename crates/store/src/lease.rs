@@ -17,23 +17,18 @@
 
 use redis::Script;
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 
-/// Who holds the lease right now, as stored in Redis.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaderInfo {
-    pub term: u64,
-    pub holder: String,
-}
+use crate::protocol::Keys;
+pub use crate::protocol::LeaderInfo;
 
 /// Key of the lease itself.
 pub fn lease_key(prefix: &str) -> String {
-    format!("{prefix}:scheduler:leader")
+    Keys::new(prefix).lease()
 }
 
 /// Key of the monotonically increasing term counter.
 pub fn term_key(prefix: &str) -> String {
-    format!("{prefix}:scheduler:term")
+    Keys::new(prefix).lease_term()
 }
 
 // KEYS[1] lease, KEYS[2] term counter; ARGV[1] holder, ARGV[2] ttl ms, ARGV[3] floor.

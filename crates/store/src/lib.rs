@@ -8,17 +8,22 @@
 //! - [`assignment`]: the published slice assignment (Redis) and its durable epoch (Postgres).
 //! - [`sync`]: instrument sync writes (whole catalogue per transaction, fenced by the term).
 //! - [`feed`]: feed-health hash and per-node order channel keys, the reconnect order.
-//! - [`trades`]: the batched, idempotent trade-history writer.
+//! - [`history`]: trade history: the ingest writer (with its disk spill), window sums, candles,
+//!   VWAP history, and the storage side of REST reconciliation.
+//! - [`jobs`]: background jobs claimed by workers (`FOR UPDATE SKIP LOCKED` + lease + fence).
+//! - [`protocol`]: every Redis key, channel and payload of the cluster.
 
 pub mod assignment;
 pub mod feed;
+pub mod history;
 pub mod instruments;
+pub mod jobs;
 pub mod lease;
 pub mod pg;
+pub mod protocol;
 pub mod redis_conn;
 pub mod registry;
 pub mod sync;
-pub mod trades;
 
 #[cfg(test)]
 mod redis_tests;

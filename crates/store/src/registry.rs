@@ -12,16 +12,9 @@
 
 use redis::Script;
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 
-/// What a node says about itself when it registers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub node_id: String,
-    pub addr: String,
-    pub started_at_ms: i64,
-    pub version: String,
-}
+use crate::protocol::Keys;
+pub use crate::protocol::NodeRecord;
 
 /// A registry entry as read back, with its heartbeat age on the Redis clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +34,11 @@ impl NodeStatus {
 }
 
 pub fn record_key(prefix: &str, node_id: &str) -> String {
-    format!("{prefix}:node:{node_id}")
+    Keys::new(prefix).node_record(node_id)
 }
 
 pub fn heartbeats_key(prefix: &str) -> String {
-    format!("{prefix}:nodes")
+    Keys::new(prefix).heartbeats()
 }
 
 // KEYS[1] record, KEYS[2] heartbeats zset; ARGV[1] record JSON, ARGV[2] ttl ms, ARGV[3] id.

@@ -3,11 +3,15 @@
 //! Routes are registered through `utoipa_axum::OpenApiRouter`, so a route and its spec entry are
 //! added in one place and cannot drift; `/api/v1/openapi.json` is generated from them.
 
+pub mod candles;
 pub mod cluster;
+pub mod extract;
 pub mod ingest;
 pub mod instruments;
 pub mod node;
 pub mod prices;
+pub mod stats;
+pub mod vwap;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -23,13 +27,15 @@ use crate::state::AppState;
     info(
         title = "pricefeed API",
         version = "1",
-        description = "Latest prices, instruments and cluster state of a pricefeed market-data cluster. \
+        description = "Latest prices, VWAP, candles, statistics, instruments and cluster state of a pricefeed market-data cluster. \
                        Money and quantities are exact decimal strings; times are ms since the epoch. \
                        Errors are application/problem+json."
     ),
     tags(
         (name = "instruments", description = "Underlyings and derivatives"),
-        (name = "prices", description = "Latest trades"),
+        (name = "prices", description = "Latest trades and candles"),
+        (name = "vwap", description = "Rolling VWAP: latest, as of a time, history"),
+        (name = "stats", description = "24 h statistics and volatility rank"),
         (name = "cluster", description = "Nodes and their state"),
     )
 )]
@@ -44,7 +50,10 @@ pub fn router(state: AppState) -> Router {
                 .merge(node::router())
                 .merge(cluster::router())
                 .merge(ingest::router())
-                .merge(prices::router()),
+                .merge(prices::router())
+                .merge(candles::router())
+                .merge(vwap::router())
+                .merge(stats::router()),
         )
         .split_for_parts();
     let api = api.with_state(state);

@@ -118,7 +118,7 @@ pub async fn lookup(
         let core = st.ingest.core.lock().unwrap();
         for (i, k) in keys.iter().enumerate() {
             match core.latest(k) {
-                Some(l) => out.push(Some(PriceDto::from_doc(PriceDoc::new(k, &l), now))),
+                Some(l) => out.push(Some(PriceDto::from_doc(publish::price_doc(k, &l), now))),
                 None => {
                     out.push(None);
                     remote.push(i);
@@ -126,7 +126,7 @@ pub async fn lookup(
             }
         }
     }
-    remote.retain(|&i| match st.prices.get(&keys[i]) {
+    remote.retain(|&i| match st.prices.get(keys[i].as_str()) {
         Some(d) => {
             out[i] = Some(PriceDto::from_doc(d, now));
             false
@@ -142,7 +142,7 @@ pub async fn lookup(
             .map_err(redis_problem)?;
         for (i, d) in remote.into_iter().zip(docs) {
             if let Some(d) = d {
-                st.prices.store_read(ticket, &keys[i], &d);
+                st.prices.store_read(ticket, &d);
                 out[i] = Some(PriceDto::from_doc(d, now));
             }
         }
@@ -156,9 +156,9 @@ pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> Result<Option<Pri
     let now = now_ms();
     let local = st.ingest.core.lock().unwrap().latest(key);
     if let Some(l) = local {
-        return Ok(Some(PriceDto::from_doc(PriceDoc::new(key, &l), now)));
+        return Ok(Some(PriceDto::from_doc(publish::price_doc(key, &l), now)));
     }
-    if let Some(d) = st.prices.get(key) {
+    if let Some(d) = st.prices.get(key.as_str()) {
         return Ok(Some(PriceDto::from_doc(d, now)));
     }
     let ticket = st.prices.read_ticket();
@@ -167,7 +167,7 @@ pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> Result<Option<Pri
         .await
         .map_err(redis_problem)?;
     Ok(doc.map(|d| {
-        st.prices.store_read(ticket, key, &d);
+        st.prices.store_read(ticket, &d);
         PriceDto::from_doc(d, now)
     }))
 }

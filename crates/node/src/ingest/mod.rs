@@ -5,6 +5,8 @@
 //! - [`plan`]: which connection carries which stream; subscribe-before-unsubscribe handover.
 //! - [`limits`]: outgoing message limiter and reconnect backoff.
 //! - [`state`]: per-instrument dedup, latest price, statistics, handover phases.
+//! - [`handoff`]: the one hand-off of accepted trades to their consumers.
+//! - [`history`]: the consumer feeding the trade-history writer.
 //! - [`publish`]: the Redis price hash, tick channel, counters and handover markers.
 //! - [`backfill`]: REST history for gaps.
 //! - [`orders`]: reconnect orders from the scheduler's feed-health watch.
@@ -14,6 +16,8 @@
 
 pub mod backfill;
 pub mod connector;
+pub mod handoff;
+pub mod history;
 pub mod limits;
 pub mod orders;
 pub mod plan;

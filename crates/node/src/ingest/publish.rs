@@ -1,7 +1,7 @@
 //! Redis side of ingest: the latest-price hash, the tick channel, the cluster-wide accepted
 //! counters and the handover markers, all written by one script call per flush tick.
 //!
-//! Keys (`{prefix}` = `redis.key_prefix`):
+//! Keys (`{prefix}` = `redis.key_prefix`; every name comes from [`pricefeed_store::protocol`]):
 //! - `{prefix}:prices` hash, field `market:SYMBOL`, value [`PriceDoc`] JSON. Written only when
 //!   the trade id is newer than the stored one (compared inside the script), so a stale owner
 //!   flushing late after a handover cannot overwrite a newer price.
@@ -13,61 +13,27 @@
 //! - `{prefix}:handover:market:SYMBOL`: "released at epoch E", set with the final flush of an
 //!   instrument this node lost; the new owner goes live when it sees it.
 //! - `{prefix}:feed:{node_id}` hash, field `market:conn` = `last_frame_ms,mean_gap_ms` (`0` while
-//!   not connected), rewritten every second by the flush loop, expiring 10 s after the node stops (for the scheduler's
-//!   feed-health watch).
+//!   not connected), rewritten every second by the flush loop, expiring 10 s after the node
+//!   stops (for the scheduler's feed-health watch).
 
 use pricefeed_domain::instrument::InstrumentKey;
+use pricefeed_store::protocol::Keys;
+pub use pricefeed_store::protocol::PriceDoc;
 use redis::Script;
 use redis::aio::ConnectionManager;
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::state::{FlushEntry, Latest};
 
-/// A latest price as stored in Redis and published on the tick channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct PriceDoc {
-    #[schema(example = "spot")]
-    pub market: String,
-    #[schema(example = "BTCUSDT")]
-    pub symbol: String,
-    #[schema(value_type = String, example = "90000.01000000")]
-    pub price: Decimal,
-    #[schema(value_type = String, example = "0.00123000")]
-    pub qty: Decimal,
-    pub trade_id: u64,
-    /// Trade time, ms since the epoch.
-    pub ts: i64,
-}
-
-impl PriceDoc {
-    pub fn new(key: &InstrumentKey, l: &Latest) -> Self {
-        Self {
-            market: key.market().as_str().to_string(),
-            symbol: key.symbol_str().to_string(),
-            price: l.price,
-            qty: l.qty,
-            trade_id: l.trade_id,
-            ts: l.ts_ms,
-        }
+/// A latest price document from the node-local state.
+pub fn price_doc(key: &InstrumentKey, l: &Latest) -> PriceDoc {
+    PriceDoc {
+        market: key.market().as_str().to_string(),
+        symbol: key.symbol_str().to_string(),
+        price: l.price,
+        qty: l.qty,
+        trade_id: l.trade_id,
+        ts: l.ts_ms,
     }
-}
-
-pub fn prices_key(prefix: &str) -> String {
-    format!("{prefix}:prices")
-}
-pub fn ticks_channel(prefix: &str) -> String {
-    format!("{prefix}:ticks")
-}
-pub fn accepted_key(prefix: &str) -> String {
-    format!("{prefix}:ingest:accepted")
-}
-pub fn first_key(prefix: &str) -> String {
-    format!("{prefix}:ingest:first")
-}
-pub fn handover_key(prefix: &str, key: &InstrumentKey) -> String {
-    format!("{prefix}:handover:{key}")
 }
 
 // KEYS: 1 prices, 2 accepted, 3 first, 4.. handover markers.
@@ -114,19 +80,20 @@ pub async fn flush(
     entries: &[FlushEntry],
     released: &[(InstrumentKey, u64)],
 ) -> redis::RedisResult<i64> {
+    let keys = Keys::new(prefix);
     let mut inv = script.prepare_invoke();
-    inv.key(prices_key(prefix))
-        .key(accepted_key(prefix))
-        .key(first_key(prefix));
+    inv.key(keys.prices())
+        .key(keys.accepted())
+        .key(keys.first_accepted());
     for (k, _) in released {
-        inv.key(handover_key(prefix, k));
+        inv.key(keys.handover(k));
     }
-    inv.arg(ticks_channel(prefix)).arg(entries.len());
+    inv.arg(keys.price_ticks()).arg(entries.len());
     for e in entries {
         inv.arg(e.key.as_str());
         match &e.latest {
             Some(l) => {
-                let json = serde_json::to_string(&PriceDoc::new(&e.key, l))
+                let json = serde_json::to_string(&price_doc(&e.key, l))
                     .expect("price documents serialize");
                 inv.arg(l.trade_id).arg(json);
             }
@@ -153,11 +120,12 @@ pub async fn handover_state(
     prefix: &str,
     keys: &[InstrumentKey],
 ) -> redis::RedisResult<Vec<(Option<u64>, Option<u64>)>> {
+    let names = Keys::new(prefix);
     let mut pipe = redis::pipe();
     for k in keys {
         // Marker first: the price written with it is then at least as new as the marker.
-        pipe.get(handover_key(prefix, k));
-        pipe.hget(prices_key(prefix), k.as_str());
+        pipe.get(names.handover(k));
+        pipe.hget(names.prices(), k.as_str());
     }
     let raw: Vec<Option<String>> = pipe.query_async(conn).await?;
     Ok(raw
@@ -184,7 +152,7 @@ pub async fn read_price(
     key: &InstrumentKey,
 ) -> redis::RedisResult<Option<PriceDoc>> {
     let raw: Option<String> = redis::cmd("HGET")
-        .arg(prices_key(prefix))
+        .arg(Keys::new(prefix).prices())
         .arg(key.as_str())
         .query_async(conn)
         .await?;
@@ -201,7 +169,7 @@ pub async fn read_prices(
         return Ok(Vec::new());
     }
     let mut cmd = redis::cmd("HMGET");
-    cmd.arg(prices_key(prefix));
+    cmd.arg(Keys::new(prefix).prices());
     for k in keys {
         cmd.arg(k.as_str());
     }

@@ -23,11 +23,12 @@ use pricefeed_broker::ws::TradeRef;
 use pricefeed_domain::instrument::{InstrumentKey, Market};
 use pricefeed_domain::sequence::{Observed, SeqConfig, SeqTracker};
 use pricefeed_domain::trade::{Trade, TradeError, validate_fields};
-use pricefeed_store::trades::{TradeRow, TradeWriterHandle};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
+
+use super::handoff::{Accepted, Consumer};
 
 pub(crate) fn market_index(m: Market) -> usize {
     match m {
@@ -81,6 +82,8 @@ enum Phase {
 #[derive(Debug)]
 struct Instr {
     key: InstrumentKey,
+    /// Dense number for consumers' per-instrument state.
+    slot: usize,
     /// The exchange symbol, shared with queued history rows (no allocation per trade).
     sym: std::sync::Arc<str>,
     phase: Phase,
@@ -150,7 +153,6 @@ pub struct NodeCounters {
 }
 
 /// All ingest state of the node.
-#[derive(Debug)]
 pub struct Core {
     /// Per market, keyed by the exchange symbol as it appears in frames, so a frame's borrowed
     /// `s` finds its instrument without allocating.
@@ -161,9 +163,21 @@ pub struct Core {
     released_entries: Vec<FlushEntry>,
     gaps: Vec<GapJob>,
     accepted_by_market: [u64; 3],
-    /// Trade history writer; `None` when history is not written by this process (tests).
-    writer: Option<TradeWriterHandle>,
+    /// Where accepted trades go (history, live windows, alerts; see [`super::handoff`]).
+    consumers: Vec<Box<dyn Consumer>>,
+    /// Slots released by lost instruments, reused first.
+    free_slots: Vec<usize>,
+    next_slot: usize,
     pub counters: NodeCounters,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("instruments", &self.instruments())
+            .field("consumers", &self.consumers.len())
+            .finish()
+    }
 }
 
 impl Core {
@@ -176,14 +190,34 @@ impl Core {
             released_entries: Vec::new(),
             gaps: Vec::new(),
             accepted_by_market: [0; 3],
-            writer: None,
+            consumers: Vec::new(),
+            free_slots: Vec::new(),
+            next_slot: 0,
             counters: NodeCounters::default(),
         }
     }
 
-    /// Sends every accepted trade (WS and backfill) to the history writer from now on.
-    pub fn set_writer(&mut self, writer: TradeWriterHandle) {
-        self.writer = Some(writer);
+    /// Offers every accepted trade (WS and backfill) to `c` from now on, and tells it about
+    /// the instruments already in the slice.
+    pub fn add_consumer(&mut self, mut c: Box<dyn Consumer>) {
+        for i in self.markets.iter().flat_map(|m| m.values()) {
+            c.gained(i.slot, &i.key);
+            if i.phase == Phase::Live {
+                c.live(
+                    i.slot,
+                    &i.key,
+                    i.stats.first_id.map(|f| f.saturating_sub(1)),
+                );
+            }
+        }
+        self.consumers.push(c);
+    }
+
+    /// The registered consumer of type `T` (its driver task reaches it this way).
+    pub fn consumer_mut<T: Consumer>(&mut self) -> Option<&mut T> {
+        self.consumers
+            .iter_mut()
+            .find_map(|c| c.as_any_mut().downcast_mut::<T>())
     }
 
     fn get(&self, key: &InstrumentKey) -> Option<&Instr> {
@@ -215,6 +249,10 @@ impl Core {
             for s in gone {
                 let i = map.remove(&s).expect("listed");
                 lost += 1;
+                for c in &mut self.consumers {
+                    c.lost(i.slot, &i.key);
+                }
+                self.free_slots.push(i.slot);
                 // A pending instrument never accepted anything: nothing to hand over, and
                 // writing a marker would tell the next owner the wrong story.
                 if i.phase == Phase::Live {
@@ -235,10 +273,18 @@ impl Core {
                 continue;
             }
             gained += 1;
+            let slot = self.free_slots.pop().unwrap_or_else(|| {
+                self.next_slot += 1;
+                self.next_slot - 1
+            });
+            for c in &mut self.consumers {
+                c.gained(slot, key);
+            }
             map.insert(
                 key.symbol_str().into(),
                 Instr {
                     key: key.clone(),
+                    slot,
                     sym: std::sync::Arc::from(key.symbol_str()),
                     phase: Phase::Pending {
                         epoch,
@@ -294,6 +340,10 @@ impl Core {
             None => SeqTracker::new(seq),
         };
         i.phase = Phase::Live;
+        let (slot, key) = (i.slot, i.key.clone());
+        for c in &mut self.consumers {
+            c.live(slot, &key, last_id);
+        }
         true
     }
 
@@ -315,18 +365,19 @@ impl Core {
         let v = observe(i, t.id, t.price, t.qty, t.ts_ms, &mut self.gaps, false);
         if v == Verdict::Accepted {
             self.accepted_by_market[m] += 1;
-            if let Some(w) = &self.writer {
-                // A full queue is counted by the writer and refilled by REST reconciliation,
-                // never waited for.
-                let _ = w.try_send_row(TradeRow {
-                    market: std::borrow::Cow::Borrowed(market.as_str()),
-                    symbol: i.sym.clone(),
-                    trade_id: t.id,
-                    price: t.price,
-                    qty: t.qty,
-                    ts_ms: t.ts_ms,
-                    buyer_is_maker: t.buyer_is_maker,
-                });
+            let a = Accepted {
+                key: &i.key,
+                symbol: &i.sym,
+                slot: i.slot,
+                id: t.id,
+                price: t.price,
+                qty: t.qty,
+                ts_ms: t.ts_ms,
+                buyer_is_maker: t.buyer_is_maker,
+                backfill: false,
+            };
+            for c in &mut self.consumers {
+                c.on_trade(&a);
             }
         }
         v
@@ -353,8 +404,19 @@ impl Core {
                 == Verdict::Accepted
             {
                 n += 1;
-                if let Some(w) = &self.writer {
-                    let _ = w.try_send(key.market().as_str(), t);
+                let a = Accepted {
+                    key: &i.key,
+                    symbol: &i.sym,
+                    slot: i.slot,
+                    id: t.trade_id,
+                    price: t.price,
+                    qty: t.qty,
+                    ts_ms: t.ts_ms,
+                    buyer_is_maker: t.buyer_is_maker,
+                    backfill: true,
+                };
+                for c in &mut self.consumers {
+                    c.on_trade(&a);
                 }
             }
         }

@@ -1,0 +1,91 @@
+//! Extractors whose rejections are problem+json naming the parameter, so handlers take parsed
+//! input and never map extractor errors themselves; plus the instrument parameters every
+//! market-data route shares.
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use pricefeed_domain::bucket::Span;
+use pricefeed_domain::instrument::{InstrumentKey, Market, Symbol};
+use pricefeed_runtime::problem::Problem;
+use serde::de::DeserializeOwned;
+
+/// `Query<T>` with a problem+json rejection (400, `param` = the offending parameter).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Q<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Q<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| Q(t))
+            .map_err(super::query_problem)
+    }
+}
+
+/// The `{symbol}` path segment, validated (400 `symbol` when malformed).
+#[derive(Debug, Clone)]
+pub struct SymbolPath(pub Symbol);
+
+impl<S: Send + Sync> FromRequestParts<S> for SymbolPath {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Problem::bad_request("symbol", e.body_text()))?;
+        Symbol::parse(&raw)
+            .map(SymbolPath)
+            .map_err(|e| Problem::bad_request("symbol", e.to_string()))
+    }
+}
+
+impl SymbolPath {
+    /// The instrument key on `market` (default spot).
+    pub fn key(&self, market: Option<&str>) -> Result<InstrumentKey, Problem> {
+        Ok(InstrumentKey::new(parse_market(market)?, &self.0))
+    }
+}
+
+/// `market` parameter: `spot` (default), `usdm`, `options`.
+pub fn parse_market(m: Option<&str>) -> Result<Market, Problem> {
+    match m {
+        None => Ok(Market::Spot),
+        Some(s) => Market::parse(s)
+            .ok_or_else(|| Problem::bad_request("market", "market must be spot, usdm or options")),
+    }
+}
+
+/// An interval parameter named `param`, one of `allowed`.
+pub fn parse_interval(
+    param: &str,
+    raw: Option<&str>,
+    default: Span,
+    allowed: &[Span],
+) -> Result<Span, Problem> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let list = || {
+        allowed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let span: Span = raw
+        .parse()
+        .map_err(|_| Problem::bad_request(param, format!("{param} must be one of {}", list())))?;
+    if !allowed.contains(&span) {
+        return Err(Problem::bad_request(
+            param,
+            format!("{param} must be one of {}", list()),
+        ));
+    }
+    Ok(span)
+}

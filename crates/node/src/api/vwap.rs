@@ -1,0 +1,342 @@
+//! `GET /api/v1/vwap/{symbol}` (latest, or `at` a past time) and
+//! `GET /api/v1/vwap/{symbol}/history`: rolling VWAP over the configured intervals.
+//!
+//! - **Latest**: kept in memory by the owning node and published to every node
+//!   ([`crate::live`]); served from the node's VWAP cache, else one Redis `HGET`.
+//! - **As of `at`**: the window `[at - interval, at)` summed in Postgres — confirmed buckets,
+//!   the raw trades of the partial seconds at its edges, and raw trades past the confirmation
+//!   horizon ([`pricefeed_store::history::read::window_sums`]) — so it equals Σp·q/Σq over the
+//!   stored trades of the window exactly. `validated` is true when every trade in it is
+//!   confirmed by the broker's REST API.
+//! - **History**: the stored points (one per `vwap.history_cadence`, written by reconciliation)
+//!   plus, after the last stored one, points computed the same way from the unconfirmed tail.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use pricefeed_domain::bucket::Span;
+use pricefeed_domain::instrument::InstrumentKey;
+use pricefeed_domain::trade::EARLIEST_TRADE_MS;
+use pricefeed_runtime::problem::Problem;
+use pricefeed_store::history::read::{self, window_sums};
+use pricefeed_store::protocol::{VwapDoc, vwap_field};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{Q, SymbolPath, parse_interval};
+use crate::ingest::connector::now_ms;
+use crate::live::tap::vwap_doc;
+use crate::state::AppState;
+
+/// Most points one history request returns.
+pub const MAX_POINTS: i64 = 1_500;
+/// Most points computed on the fly after the last stored one (the unconfirmed tail is normally
+/// a minute or two).
+const MAX_PROVISIONAL: i64 = 120;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_vwap))
+        .routes(routes!(get_vwap_history))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct VwapParams {
+    /// One of the configured intervals (default `5m`): `1m`, `5m`, `15m`, `1h`.
+    #[param(example = "5m")]
+    interval: Option<String>,
+    /// The VWAP as of this time (ms since the epoch): the window `[at - interval, at)`.
+    /// Omitted: the latest.
+    #[param(minimum = 1262304000000_i64)]
+    at: Option<i64>,
+    /// `spot` (default), `usdm` or `options`.
+    #[param(pattern = "^(spot|usdm|options)$")]
+    market: Option<String>,
+}
+
+pub(crate) fn not_found(st_known: bool, key: &InstrumentKey, what: &str) -> Problem {
+    if st_known {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "no-data-yet",
+            format!("{key} is listed but has no {what} yet"),
+        )
+    } else {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-instrument",
+            format!("unknown instrument {key}"),
+        )
+    }
+}
+
+/// The history id of a listed instrument; 404 for an unknown one.
+pub(crate) async fn known_id(st: &AppState, key: &InstrumentKey) -> Result<i32, Problem> {
+    let listed = pricefeed_store::instruments::instrument_exists(&st.db, key)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    if !listed {
+        return Err(not_found(false, key, ""));
+    }
+    st.ids
+        .id_of(&st.db, key)
+        .await
+        .map_err(|e| Problem::internal(&e))
+}
+
+/// Checks a past time `param` against now and the bucket retention.
+pub(crate) fn check_past(st: &AppState, param: &str, t: i64, now: i64) -> Result<(), Problem> {
+    if t > now {
+        return Err(Problem::bad_request(
+            param,
+            format!("{param} is in the future"),
+        ));
+    }
+    let oldest = now - i64::from(st.retention.buckets_days) * Span::DAY.ms();
+    if t < oldest.max(EARLIEST_TRADE_MS) {
+        return Err(Problem::bad_request(
+            param,
+            format!(
+                "{param} is older than the {} days history is kept",
+                st.retention.buckets_days
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Latest rolling VWAP, or the VWAP as of `at`.
+#[utoipa::path(get, path = "/vwap/{symbol}", tag = "vwap",
+    params(("symbol" = String, Path, description = "Symbol, any case", example = "BTCUSDT"), VwapParams),
+    responses(
+        (status = 200, body = VwapDoc),
+        (status = 400, description = "Malformed symbol, interval, time or market", content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instrument (`unknown-instrument`) or no VWAP yet (`no-data-yet`)", content_type = "application/problem+json"),
+        (status = 503, description = "Redis or Postgres unavailable", content_type = "application/problem+json"),
+    ))]
+async fn get_vwap(
+    State(st): State<AppState>,
+    sym: SymbolPath,
+    Q(q): Q<VwapParams>,
+) -> Result<Json<VwapDoc>, Problem> {
+    let key = sym.key(q.market.as_deref())?;
+    let interval = parse_interval(
+        "interval",
+        q.interval.as_deref(),
+        st.vwap.default_interval,
+        &st.vwap.intervals,
+    )?;
+    let now = now_ms();
+    match q.at {
+        None => latest(&st, &key, interval).await.map(Json),
+        Some(at) => {
+            check_past(&st, "at", at, now)?;
+            let inst = known_id(&st, &key).await?;
+            as_of(&st, &key, inst, interval, at).await.map(Json)
+        }
+    }
+}
+
+async fn latest(st: &AppState, key: &InstrumentKey, interval: Span) -> Result<VwapDoc, Problem> {
+    let field = vwap_field(key, &interval.to_string());
+    if let Some(d) = st.vwaps.get(&field) {
+        return Ok(d);
+    }
+    let ticket = st.vwaps.read_ticket();
+    let mut redis = st.redis.clone();
+    let raw: Option<String> = redis::cmd("HGET")
+        .arg(st.keys.vwap())
+        .arg(&field)
+        .query_async(&mut redis)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "vwap lookup: redis unavailable");
+            Problem::unavailable("redis unavailable")
+        })?;
+    if let Some(d) = raw.and_then(|s| serde_json::from_str::<VwapDoc>(&s).ok()) {
+        st.vwaps.store_read(ticket, &d);
+        return Ok(d);
+    }
+    let listed = pricefeed_store::instruments::instrument_exists(&st.db, key)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Err(not_found(listed, key, "VWAP"))
+}
+
+async fn as_of(
+    st: &AppState,
+    key: &InstrumentKey,
+    inst: i32,
+    interval: Span,
+    at: i64,
+) -> Result<VwapDoc, Problem> {
+    let mut conn = st.db.acquire().await.map_err(db_problem)?;
+    let h = read::horizon(&mut conn, inst).await.map_err(db_problem)?;
+    let raw_from = st.retention.raw_from_ms(now_ms());
+    let start = at - interval.ms();
+    let w = window_sums(&mut conn, inst, start, at, h, raw_from)
+        .await
+        .map_err(db_problem)?;
+    // Without the raw trades of the edges (past retention) the window is its whole seconds.
+    let (ws, we) = if w.edges_exact {
+        (start, at)
+    } else {
+        (Span::SECOND.floor(start) + 1000, Span::SECOND.floor(at))
+    };
+    Ok(vwap_doc(
+        key,
+        interval,
+        &w.sums,
+        ws,
+        we,
+        w.validated && w.edges_exact,
+    ))
+}
+
+pub(crate) fn db_problem(e: sqlx::Error) -> Problem {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            tracing::warn!(error = %e, "postgres unavailable");
+            Problem::unavailable("postgres unavailable")
+        }
+        e => Problem::internal(&e),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct VwapHistoryParams {
+    /// One of the configured intervals (default `5m`).
+    #[param(example = "5m")]
+    interval: Option<String>,
+    /// Range start, ms (default: 24 h before `to`).
+    #[param(minimum = 1262304000000_i64)]
+    from: Option<i64>,
+    /// Range end, ms (default: now).
+    #[param(minimum = 1262304000000_i64)]
+    to: Option<i64>,
+    /// `spot` (default), `usdm` or `options`.
+    #[param(pattern = "^(spot|usdm|options)$")]
+    market: Option<String>,
+}
+
+/// One point of VWAP history: the window `[end - interval, end)`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VwapPointDto {
+    pub end: i64,
+    #[schema(value_type = Option<String>)]
+    pub vwap: Option<Decimal>,
+    #[schema(value_type = String)]
+    pub volume: Decimal,
+    #[schema(value_type = String)]
+    pub quote_volume: Decimal,
+    pub trade_count: u64,
+    pub validated: bool,
+}
+
+/// VWAP history of one instrument and interval.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VwapHistoryDto {
+    pub market: String,
+    pub symbol: String,
+    pub interval: String,
+    /// Spacing of the points, ms.
+    pub cadence_ms: i64,
+    pub points: Vec<VwapPointDto>,
+}
+
+/// Stored VWAP history (one point per cadence), validated points told apart.
+#[utoipa::path(get, path = "/vwap/{symbol}/history", tag = "vwap",
+    params(("symbol" = String, Path, description = "Symbol, any case", example = "BTCUSDT"), VwapHistoryParams),
+    responses(
+        (status = 200, body = VwapHistoryDto),
+        (status = 400, description = "Malformed parameter, or more than 1500 points", content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instrument", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
+    ))]
+async fn get_vwap_history(
+    State(st): State<AppState>,
+    sym: SymbolPath,
+    Q(q): Q<VwapHistoryParams>,
+) -> Result<Json<VwapHistoryDto>, Problem> {
+    let key = sym.key(q.market.as_deref())?;
+    let interval = parse_interval(
+        "interval",
+        q.interval.as_deref(),
+        st.vwap.default_interval,
+        &st.vwap.intervals,
+    )?;
+    let now = now_ms();
+    let to = q.to.unwrap_or(now).min(now);
+    let from = q.from.unwrap_or(to - Span::DAY.ms());
+    check_past(&st, "from", from, now)?;
+    if q.to.is_some() {
+        check_past(&st, "to", to, now)?;
+    }
+    if from > to {
+        return Err(Problem::bad_request("from", "from must not be after to"));
+    }
+    let cadence = st.vwap.history_cadence;
+    if (to - from) / cadence.ms() > MAX_POINTS {
+        return Err(Problem::bad_request(
+            "from",
+            format!("the range holds more than {MAX_POINTS} points; narrow it"),
+        ));
+    }
+    let inst = known_id(&st, &key).await?;
+    let stored = read::vwap_history(&st.db, inst, interval, from, to)
+        .await
+        .map_err(db_problem)?;
+    let mut points: Vec<VwapPointDto> = stored
+        .into_iter()
+        .map(|p| VwapPointDto {
+            end: p.end_ms,
+            vwap: p.vwap,
+            volume: p.volume,
+            quote_volume: p.quote_volume,
+            trade_count: p.trade_count.max(0) as u64,
+            validated: p.validated,
+        })
+        .collect();
+    // After the last stored point: the unconfirmed tail, computed the same way.
+    let first_missing = points
+        .last()
+        .map_or(cadence.floor(from.max(0)) + cadence.ms(), |p| {
+            p.end + cadence.ms()
+        });
+    let last_end = cadence.floor(to);
+    let first = first_missing.max(last_end - (MAX_PROVISIONAL - 1) * cadence.ms());
+    if first <= last_end {
+        let mut conn = st.db.acquire().await.map_err(db_problem)?;
+        let h = read::horizon(&mut conn, inst).await.map_err(db_problem)?;
+        let raw_from = st.retention.raw_from_ms(now);
+        let mut end = first;
+        while end <= last_end {
+            let w = window_sums(&mut conn, inst, end - interval.ms(), end, h, raw_from)
+                .await
+                .map_err(db_problem)?;
+            points.push(VwapPointDto {
+                end,
+                vwap: w.sums.vwap(),
+                volume: w.sums.q,
+                quote_volume: w.sums.pq,
+                trade_count: w.sums.n,
+                validated: w.validated && w.edges_exact,
+            });
+            end += cadence.ms();
+        }
+    }
+    Ok(Json(VwapHistoryDto {
+        market: key.market().as_str().to_string(),
+        symbol: key.symbol_str().to_string(),
+        interval: interval.to_string(),
+        cadence_ms: cadence.ms(),
+        points,
+    }))
+}

@@ -1,0 +1,320 @@
+//! The Redis protocol of the cluster: every key, every channel and every payload that crosses a
+//! process boundary through Redis, in one place. Nodes, the scheduler, workers and the tests all
+//! name keys through [`Keys`] and decode payloads with the types here, so a rename or a format
+//! change is one edit that every side sees.
+//!
+//! Everything lives under `redis.key_prefix` (`{p}` below). Redis holds only rebuildable state:
+//! losing any key here loses no trade and no alert (see `docs/architecture.md`).
+//!
+//! | key / channel | type | written by | content |
+//! |---|---|---|---|
+//! | `{p}:node:{id}` | string, TTL | node | [`NodeRecord`] JSON |
+//! | `{p}:nodes` | zset | node | node id → last heartbeat (Redis clock, ms) |
+//! | `{p}:scheduler:leader` | string, TTL | scheduler | [`LeaderInfo`] JSON (the lease) |
+//! | `{p}:scheduler:term` | string | scheduler | fencing term counter |
+//! | `{p}:assignment` | string | scheduler | [`Published`] JSON |
+//! | `{p}:assignment:term` | string | scheduler | highest term that published |
+//! | `{p}:assignment:changed` | channel | scheduler | new epoch |
+//! | `{p}:instruments:changed` | channel | scheduler | [`InstrumentsChanged`] JSON |
+//! | `{p}:prices` | hash | owning node | `market:SYMBOL` → [`PriceDoc`] JSON |
+//! | `{p}:ticks` | channel | owning node | JSON array of [`PriceDoc`] per flush |
+//! | `{p}:vwap` | hash | owning node | `market:SYMBOL:5m` → [`VwapDoc`] JSON |
+//! | `{p}:vwap:ticks` | channel | owning node | JSON array of [`VwapDoc`] per publication |
+//! | `{p}:stats` | hash | owning node | `market:SYMBOL` → [`StatsDoc`] JSON |
+//! | `{p}:rank:{group}` | zset | owning node | `market:SYMBOL` → σ (24 h), per rank group |
+//! | `{p}:rank:seen` | zset | owning node | `market:SYMBOL` → last rank write (ms), for pruning |
+//! | `{p}:ingest:accepted` | hash | owning node | `market:SYMBOL` → trades accepted cluster-wide |
+//! | `{p}:ingest:first` | hash | owning node | `market:SYMBOL` → lowest accepted trade id |
+//! | `{p}:handover:market:SYMBOL` | string, TTL | releasing node | epoch of the release |
+//! | `{p}:feed:{node}` | hash, TTL | node | `market:conn` → `last_frame_ms,mean_gap_ms` or `0` |
+//! | `{p}:orders:{node}` | channel | scheduler | [`ReconnectOrder`] JSON |
+//! | `{p}:reconciled` | channel | worker | [`Reconciled`] JSON after each committed step |
+
+use std::collections::BTreeMap;
+
+use pricefeed_domain::assignment::{Assignment, NodeId};
+use pricefeed_domain::instrument::{InstrumentKey, Market, Symbol};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Key and channel names under one prefix. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn k(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    // --- membership and leadership ---
+    pub fn node_record(&self, node_id: &str) -> String {
+        self.k(&format!("node:{node_id}"))
+    }
+    pub fn heartbeats(&self) -> String {
+        self.k("nodes")
+    }
+    pub fn lease(&self) -> String {
+        self.k("scheduler:leader")
+    }
+    pub fn lease_term(&self) -> String {
+        self.k("scheduler:term")
+    }
+    pub fn assignment(&self) -> String {
+        self.k("assignment")
+    }
+    pub fn assignment_term(&self) -> String {
+        self.k("assignment:term")
+    }
+    pub fn assignment_changed(&self) -> String {
+        self.k("assignment:changed")
+    }
+    pub fn instruments_changed(&self) -> String {
+        self.k("instruments:changed")
+    }
+
+    // --- live values ---
+    pub fn prices(&self) -> String {
+        self.k("prices")
+    }
+    pub fn price_ticks(&self) -> String {
+        self.k("ticks")
+    }
+    pub fn vwap(&self) -> String {
+        self.k("vwap")
+    }
+    pub fn vwap_ticks(&self) -> String {
+        self.k("vwap:ticks")
+    }
+    pub fn stats(&self) -> String {
+        self.k("stats")
+    }
+    /// Sorted set of σ per rank group (e.g. `spot:USDT`).
+    pub fn rank(&self, group: &str) -> String {
+        self.k(&format!("rank:{group}"))
+    }
+    /// When each instrument last wrote its rank entry; lets the leader prune entries nobody
+    /// refreshes any more (delisted instruments).
+    pub fn rank_seen(&self) -> String {
+        self.k("rank:seen")
+    }
+
+    // --- ingest bookkeeping ---
+    pub fn accepted(&self) -> String {
+        self.k("ingest:accepted")
+    }
+    pub fn first_accepted(&self) -> String {
+        self.k("ingest:first")
+    }
+    pub fn handover(&self, key: &InstrumentKey) -> String {
+        self.k(&format!("handover:{key}"))
+    }
+
+    // --- feed health and orders ---
+    pub fn feed(&self, node_id: &str) -> String {
+        self.k(&format!("feed:{node_id}"))
+    }
+    pub fn orders(&self, node_id: &str) -> String {
+        self.k(&format!("orders:{node_id}"))
+    }
+
+    // --- reconciliation ---
+    pub fn reconciled(&self) -> String {
+        self.k("reconciled")
+    }
+}
+
+/// Hash field of a VWAP value: `market:SYMBOL:interval`.
+pub fn vwap_field(key: &InstrumentKey, interval: &str) -> String {
+    format!("{key}:{interval}")
+}
+
+/// Parses `market` + `symbol` fields of a document back into its key.
+pub fn doc_key(market: &str, symbol: &str) -> Option<InstrumentKey> {
+    Some(InstrumentKey::new(
+        Market::parse(market)?,
+        &Symbol::parse(symbol).ok()?,
+    ))
+}
+
+// --- payloads ---------------------------------------------------------------------------------
+
+/// What a node says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub addr: String,
+    pub started_at_ms: i64,
+    pub version: String,
+}
+
+/// Who holds the scheduler lease right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub term: u64,
+    pub holder: String,
+}
+
+/// The slice assignment the leader publishes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub epoch: u64,
+    /// Fencing term of the leader that wrote it.
+    pub term: u64,
+    /// Redis-clock time of the publish, ms.
+    #[serde(default)]
+    pub published_at_ms: i64,
+    /// The leader's dead-node threshold, so the cluster API calls nodes alive or dead with the
+    /// same rule that decided the assignment.
+    #[serde(default)]
+    pub node_dead_after_ms: u64,
+    pub owners: BTreeMap<InstrumentKey, NodeId>,
+}
+
+impl Published {
+    pub fn assignment(&self) -> Assignment {
+        Assignment {
+            epoch: self.epoch,
+            owners: self.owners.clone(),
+        }
+    }
+}
+
+/// `{p}:instruments:changed` message: what one instrument sync changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstrumentsChanged {
+    /// `underlyings` or `derivatives`.
+    pub kind: String,
+    pub term: u64,
+    pub changed: u64,
+    pub delisted: u64,
+}
+
+/// The `order` value of a reconnect order.
+pub const RECONNECT: &str = "reconnect";
+
+/// A reconnect order: `{order:"reconnect", node_id, conn_id, term, issued_at_ms, reason}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconnectOrder {
+    /// Always [`RECONNECT`].
+    pub order: String,
+    pub node_id: String,
+    /// The feed hash field naming the connection: `market:conn`.
+    pub conn_id: String,
+    /// The issuing leader's fencing term.
+    pub term: u64,
+    /// Redis clock, ms.
+    pub issued_at_ms: i64,
+    pub reason: String,
+}
+
+/// A latest price as stored in `{p}:prices` and published on `{p}:ticks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PriceDoc {
+    #[schema(example = "spot")]
+    pub market: String,
+    #[schema(example = "BTCUSDT")]
+    pub symbol: String,
+    #[schema(value_type = String, example = "90000.01000000")]
+    pub price: Decimal,
+    #[schema(value_type = String, example = "0.00123000")]
+    pub qty: Decimal,
+    pub trade_id: u64,
+    /// Trade time, ms since the epoch.
+    pub ts: i64,
+}
+
+/// A rolling VWAP as stored in `{p}:vwap` and published on `{p}:vwap:ticks`: the shape of
+/// `GET /api/v1/vwap/{symbol}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VwapDoc {
+    #[schema(example = "spot")]
+    pub market: String,
+    #[schema(example = "BTCUSDT")]
+    pub symbol: String,
+    /// `1m`, `5m`, `15m`, `1h` (the configured list).
+    #[schema(example = "5m")]
+    pub interval: String,
+    /// Σ price × qty / Σ qty over the window; null when the window holds no trade.
+    #[schema(value_type = Option<String>, example = "90012.345678")]
+    pub vwap: Option<Decimal>,
+    /// Σ qty (base asset).
+    #[schema(value_type = String, example = "12.34500000")]
+    pub volume: Decimal,
+    /// Σ price × qty (quote asset).
+    #[schema(value_type = String, example = "1111111.11")]
+    pub quote_volume: Decimal,
+    pub trade_count: u64,
+    /// Window start, inclusive, ms since the epoch.
+    pub window_start: i64,
+    /// Window end, inclusive, ms since the epoch.
+    pub window_end: i64,
+    /// Every trade in the window has been confirmed by the broker's REST API.
+    pub validated: bool,
+}
+
+/// 24 h statistics of one instrument as stored in `{p}:stats` (the body of
+/// `GET /api/v1/stats/{symbol}` without its rank).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsDoc {
+    pub market: String,
+    pub symbol: String,
+    /// Rank group: `market:QUOTE` (e.g. `spot:USDT`).
+    pub group: String,
+    /// Mean of the 1-minute closes of the last 24 h.
+    pub mean: Option<Decimal>,
+    /// Population standard deviation of those closes.
+    pub stddev: Option<Decimal>,
+    /// Lowest and highest trade price in the last 24 h (whole minutes).
+    pub min: Option<Decimal>,
+    pub max: Option<Decimal>,
+    /// Latest price against the first close of the window, in percent.
+    pub change_pct: Option<Decimal>,
+    /// Number of 1-minute closes (minutes with at least one trade).
+    pub samples: u32,
+    /// Start of the first and end of the last minute the statistics cover, ms.
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// `{p}:reconciled` message: reconciliation committed a step for one instrument; every trade
+/// with `ts_ms <= through_ms` is confirmed and the buckets up to there are final.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciled {
+    pub market: String,
+    pub symbol: String,
+    pub through_ms: i64,
+    /// The step changed stored data (inserted, corrected or removed trades).
+    pub changed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable() {
+        let k = Keys::new("pf");
+        let key = InstrumentKey::parse("usdm:BTCUSDT").unwrap();
+        assert_eq!(k.prices(), "pf:prices");
+        assert_eq!(k.price_ticks(), "pf:ticks");
+        assert_eq!(k.handover(&key), "pf:handover:usdm:BTCUSDT");
+        assert_eq!(k.feed("n1"), "pf:feed:n1");
+        assert_eq!(k.orders("n1"), "pf:orders:n1");
+        assert_eq!(k.rank("spot:USDT"), "pf:rank:spot:USDT");
+        assert_eq!(vwap_field(&key, "5m"), "usdm:BTCUSDT:5m");
+        assert_eq!(doc_key("usdm", "btcusdt"), Some(key));
+        assert_eq!(doc_key("nope", "BTCUSDT"), None);
+    }
+}
