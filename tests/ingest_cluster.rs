@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pricefeed_tests::{
     Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
-    metric, migrate, signal, start_nodes, start_schedulers,
+    metric, migrate, seed_from_catalogue, signal, start_nodes, start_schedulers,
 };
 use serde_json::Value;
 
@@ -22,60 +22,6 @@ const FAILOVER: Duration = Duration::from_secs(5);
 
 /// The simulator's small catalogue, with trades on every instrument.
 const SIM: [(&str, &str); 2] = [("UNDERLYINGS", "3"), ("HOT_SYMBOLS", "1")];
-
-/// Inserts every trading instrument of the simulator's catalogue; returns their keys.
-async fn seed_from_catalogue(http: &reqwest::Client, sim: &Sim, db: &str) -> BTreeSet<String> {
-    let cat = sim.catalogue(http).await;
-    let pool = sqlx::PgPool::connect(db).await.unwrap();
-    let mut keys = BTreeSet::new();
-    let list = cat["instruments"].as_array().unwrap();
-    for i in list
-        .iter()
-        .filter(|i| i["market"] == "spot" && i["status"] == "TRADING")
-    {
-        sqlx::query(
-            "INSERT INTO underlyings (symbol, base_asset, quote_asset, status) VALUES ($1, $2, $3, 'TRADING')",
-        )
-        .bind(i["symbol"].as_str().unwrap())
-        .bind(i["base"].as_str().unwrap())
-        .bind(i["quote"].as_str().unwrap())
-        .execute(&pool)
-        .await
-        .unwrap();
-        keys.insert(format!("spot:{}", i["symbol"].as_str().unwrap()));
-    }
-    for i in list
-        .iter()
-        .filter(|i| i["market"] != "spot" && i["status"] == "TRADING" && i["removed"] == false)
-    {
-        let (market, kind) = match (i["market"].as_str().unwrap(), i["kind"].as_str().unwrap()) {
-            ("futures", "perpetual") => ("usdm", "perpetual"),
-            ("futures", _) => ("usdm", "future"),
-            (_, _) => ("options", "option"),
-        };
-        let n = sqlx::query(
-            "INSERT INTO derivatives (symbol, underlying_id, kind, market, status, strike, option_side, expiry_at) \
-             SELECT $1, id, $2::derivative_kind, $3, 'TRADING', $5::numeric, $6, \
-                    CASE WHEN $2 = 'perpetual' THEN NULL ELSE now() + interval '30 days' END \
-             FROM underlyings WHERE symbol = $4",
-        )
-        .bind(i["symbol"].as_str().unwrap())
-        .bind(kind)
-        .bind(market)
-        .bind(i["pair"].as_str().unwrap())
-        .bind(i["strike"].as_str().map(str::to_string).or_else(|| i["strike"].as_f64().map(|f| f.to_string())))
-        .bind(i["call"].as_bool().map(|c| if c { "CALL" } else { "PUT" }))
-        .execute(&pool)
-        .await
-        .unwrap()
-        .rows_affected();
-        if n == 1 {
-            keys.insert(format!("{market}:{}", i["symbol"].as_str().unwrap()));
-        }
-    }
-    pool.close().await;
-    keys
-}
 
 /// Per node: the instruments it ingests (live or pending).
 async fn ingest_views(

@@ -5,6 +5,7 @@
 //! Every wait is a poll on a condition with a deadline; children are stopped with SIGTERM (then
 //! SIGKILL) when their handle drops, so a failing test leaves nothing running.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -62,6 +63,14 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Wall clock, ms since the epoch.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// A scratch directory for one test.
@@ -567,4 +576,58 @@ impl Sim {
             .await
             .unwrap()
     }
+}
+
+/// Inserts every trading instrument of the simulator's catalogue; returns their keys.
+pub async fn seed_from_catalogue(http: &reqwest::Client, sim: &Sim, db: &str) -> BTreeSet<String> {
+    let cat = sim.catalogue(http).await;
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    let mut keys = BTreeSet::new();
+    let list = cat["instruments"].as_array().unwrap();
+    for i in list
+        .iter()
+        .filter(|i| i["market"] == "spot" && i["status"] == "TRADING")
+    {
+        sqlx::query(
+            "INSERT INTO underlyings (symbol, base_asset, quote_asset, status) VALUES ($1, $2, $3, 'TRADING')",
+        )
+        .bind(i["symbol"].as_str().unwrap())
+        .bind(i["base"].as_str().unwrap())
+        .bind(i["quote"].as_str().unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+        keys.insert(format!("spot:{}", i["symbol"].as_str().unwrap()));
+    }
+    for i in list
+        .iter()
+        .filter(|i| i["market"] != "spot" && i["status"] == "TRADING" && i["removed"] == false)
+    {
+        let (market, kind) = match (i["market"].as_str().unwrap(), i["kind"].as_str().unwrap()) {
+            ("futures", "perpetual") => ("usdm", "perpetual"),
+            ("futures", _) => ("usdm", "future"),
+            (_, _) => ("options", "option"),
+        };
+        let n = sqlx::query(
+            "INSERT INTO derivatives (symbol, underlying_id, kind, market, status, strike, option_side, expiry_at) \
+             SELECT $1, id, $2::derivative_kind, $3, 'TRADING', $5::numeric, $6, \
+                    CASE WHEN $2 = 'perpetual' THEN NULL ELSE now() + interval '30 days' END \
+             FROM underlyings WHERE symbol = $4",
+        )
+        .bind(i["symbol"].as_str().unwrap())
+        .bind(kind)
+        .bind(market)
+        .bind(i["pair"].as_str().unwrap())
+        .bind(i["strike"].as_str().map(str::to_string).or_else(|| i["strike"].as_f64().map(|f| f.to_string())))
+        .bind(i["call"].as_bool().map(|c| if c { "CALL" } else { "PUT" }))
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+        if n == 1 {
+            keys.insert(format!("{market}:{}", i["symbol"].as_str().unwrap()));
+        }
+    }
+    pool.close().await;
+    keys
 }

@@ -62,22 +62,17 @@ impl Plan {
     }
 }
 
-/// Plans one page. `units` are ascending and cover the ids `(after, last unit's last_id]`;
-/// `stored` are the stored rows with ids in that range (any order, possibly several rows per
-/// id); `raw` holds per-trade truth fetched for disagreeing units.
+/// Plans one page. `units` are ascending and cover the ids `(after, last unit's last_id]`
+/// (ids between units do not exist at the exchange); `stored` are the stored rows with ids in
+/// that range (any order, possibly several rows per id); `raw` holds per-trade truth fetched
+/// for disagreeing units. The work is proportional to the rows, never to the id distance.
 pub fn plan(after: u64, units: &[Unit], stored: &[Row], raw: &HashMap<u64, Row>) -> Plan {
     let mut by_id: HashMap<u64, Vec<Row>> = HashMap::with_capacity(stored.len());
     for r in stored {
         by_id.entry(r.id).or_default().push(*r);
     }
     let mut p = Plan::default();
-    let mut next = after + 1;
-    for u in units {
-        // Ids between units do not exist at the exchange: anything stored there is invented.
-        for id in next..u.first_id {
-            delete_all(&mut p, by_id.remove(&id));
-        }
-        next = u.last_id + 1;
+    for u in units.iter().filter(|u| u.last_id > after) {
         if u.first_id == u.last_id {
             let truth = Row {
                 id: u.first_id,
@@ -107,7 +102,12 @@ pub fn plan(after: u64, units: &[Unit], stored: &[Row], raw: &HashMap<u64, Row>)
             }
         }
     }
-    // Stored ids above the last unit were not part of this page; the caller never passes them.
+    // Whatever is left is stored under an id no unit has: the exchange never had such a trade.
+    let mut invented: Vec<Row> = by_id.into_values().flatten().collect();
+    invented.sort_by_key(|r| (r.id, r.ts_ms));
+    for r in invented {
+        p.delete.push((r.id, r.ts_ms));
+    }
     if !p.need_raw.is_empty() {
         // Nothing is applied from a page that still needs fills: plan again with them.
         p.delete.clear();
@@ -149,12 +149,6 @@ fn settle(p: &mut Plan, truth: Row, stored: Option<Vec<Row>>) {
         p.confirmed += 1;
     } else {
         p.insert.push(truth);
-    }
-}
-
-fn delete_all(p: &mut Plan, rows: Option<Vec<Row>>) {
-    for r in rows.unwrap_or_default() {
-        p.delete.push((r.id, r.ts_ms));
     }
 }
 
@@ -225,6 +219,17 @@ mod tests {
         let mut del = p.delete.clone();
         del.sort();
         assert_eq!(del, vec![(22, 1_002), (22, 99_999), (23, 1_002)]);
+    }
+
+    #[test]
+    fn work_does_not_grow_with_the_id_distance() {
+        // Real ids are ~10^10; a page after 0 must not walk every id in between.
+        let far = 60_000_000_000u64;
+        let units = [unit(far, far, 100, 1)];
+        let stored = [row(far, 100, 1), row(far - 5, 100, 1)];
+        let p = plan(0, &units, &stored, &HashMap::new());
+        assert_eq!(p.confirmed, 1);
+        assert_eq!(p.delete, vec![(far - 5, row(far - 5, 0, 0).ts_ms)]);
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!   for the aggregates that disagree;
 //! - **USD-M**: `aggTrades` by id (the futures feed carries aggregate trades, so they are the
 //!   stored rows);
-//! - **options**: `historicalTrades` by id (no aggregates there).
+//! - **options**: the recent `trades` (weight 5) when they reach back to the cursor, which is
+//!   the usual case for options that trade a few times a minute; `historicalTrades` (weight 20)
+//!   by id otherwise (no aggregates there).
 //!
 //! Weight: every call first takes its weight from a per-market budget
 //! (`reconcile.weight_budget_per_min`, leaving the rest of the exchange's per-IP limit to the
@@ -68,11 +70,11 @@ pub struct ReconcileConfig {
 impl Default for ReconcileConfig {
     fn default() -> Self {
         Self {
-            interval_ms: 60_000,
+            interval_ms: 90_000,
             settle_ms: 2_000,
             pages_per_run: 20,
             page_limit: 1_000,
-            weight_budget_per_min: 2_400,
+            weight_budget_per_min: 4_000,
         }
     }
 }
@@ -165,7 +167,9 @@ impl Reconciler {
     ) -> anyhow::Result<Duration> {
         let me = &self.inner;
         let key = self.key_of(inst).await?;
-        let interval = Duration::from_millis(me.cfg.interval_ms);
+        // ±10 % jitter spreads the instruments over the interval instead of in bursts.
+        let interval =
+            Duration::from_millis(me.cfg.interval_ms).mul_f64(0.9 + 0.2 * rand::random::<f64>());
         for _ in 0..me.cfg.pages_per_run {
             if token.is_cancelled() {
                 return Ok(Duration::ZERO);
@@ -190,6 +194,7 @@ impl Reconciler {
                     inst,
                     fence,
                     from: cur,
+                    after: page.after as i64,
                     units: Vec::new(),
                     raw: HashMap::new(),
                     skip: Some(skip),
@@ -236,10 +241,6 @@ impl Reconciler {
     ) -> Step {
         let me = &self.inner;
         let prev_through = cur.through_ms.unwrap_or(i64::MIN);
-        let last_id = page
-            .units
-            .last()
-            .map_or(page.after as i64, |u| u.last_id as i64);
         let through = if at_head {
             // Every trade timed before `settled` is in REST by now, and all of them are walked.
             Span::SECOND.floor(settled) - 1
@@ -250,8 +251,21 @@ impl Reconciler {
                 .map_or(prev_through, |u| Span::SECOND.floor(u.ts_ms) - 1)
         }
         .max(prev_through);
-        let through_id = page
-            .units
+        // At the head, trades younger than the horizon wait for the next run: the nodes' writers
+        // have had `settle_ms` to store them, so they are confirmed as stored rather than
+        // inserted here and then skipped by the writer.
+        let keep = if at_head {
+            page.units.partition_point(|u| u.ts_ms <= through)
+        } else {
+            page.units.len()
+        };
+        let units = &page.units[..keep];
+        let last_id = units.last().map_or(page.after as i64, |u| u.last_id as i64);
+        let last_agg = match keep {
+            0 => None,
+            k => page.agg_ids.get(k - 1).copied(),
+        };
+        let through_id = units
             .iter()
             .filter(|u| u.ts_ms <= through)
             .map(|u| u.last_id as i64)
@@ -262,12 +276,13 @@ impl Reconciler {
             inst,
             fence,
             from: cur,
-            units: page.units.clone(),
+            after: page.after as i64,
+            units: units.to_vec(),
             raw: HashMap::new(),
             skip: None,
             advance: Advance {
                 last_id,
-                last_agg_id: page.last_agg.map(|a| a as i64).or(cur.last_agg_id),
+                last_agg_id: last_agg.map(|a| a as i64).or(cur.last_agg_id),
                 through_ms: through,
                 through_id,
             },

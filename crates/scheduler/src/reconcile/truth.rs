@@ -104,8 +104,8 @@ pub struct Page {
     /// The last id before the page (the cursor, or just before the first stored trade).
     pub after: u64,
     pub units: Vec<Unit>,
-    /// Spot: the last aggregate id of the page.
-    pub last_agg: Option<u64>,
+    /// Spot: the aggregate id of each unit (empty on other markets).
+    pub agg_ids: Vec<u64>,
     /// The page reached the newest trade the broker has.
     pub at_head: bool,
     /// The broker no longer has `(after, …]` up to this range's end: skip it first.
@@ -193,8 +193,14 @@ impl Truth {
                 weight(key.market(), Call::Recent),
             )
             .await;
+        // The options endpoint serves at most 500 recent trades.
+        let limit = if key.market() == Market::Options {
+            self.limit.min(500)
+        } else {
+            self.limit
+        };
         self.client
-            .recent_trades(key.market(), &sym(key), self.limit)
+            .recent_trades(key.market(), &sym(key), limit)
             .await
     }
 
@@ -278,7 +284,7 @@ impl Truth {
         Page {
             after,
             units: aggs.iter().map(|a| agg_unit(a, market)).collect(),
-            last_agg: aggs.last().map(|a| a.agg_id),
+            agg_ids: aggs.iter().map(|a| a.agg_id).collect(),
             at_head,
             skip: None,
             skip_agg: None,
@@ -299,30 +305,41 @@ impl Truth {
                 .iter()
                 .map(|a| agg_unit(a, Market::Usdm))
                 .collect(),
-            _ => match self.historical(key, after + 1, self.limit).await {
-                Ok(t) => t.iter().map(trade_unit).collect(),
-                Err(e) if too_old(&e) => {
-                    // Trimmed history: skip to the oldest trade still served.
-                    let recent = self.recent(key).await?;
-                    let Some(first) = recent.first() else {
-                        return Ok(Page {
-                            after,
-                            at_head: true,
-                            ..Page::default()
-                        });
-                    };
+            _ => match self.recent_covering(key, after).await? {
+                Some(units) => {
+                    // The newest trades reach back to the cursor: one cheap call, at the head.
                     return Ok(Page {
                         after,
-                        skip: Some(Skip {
-                            from_id: after as i64 + 1,
-                            to_id: first.trade_id as i64 - 1,
-                            from_ms: through.map_or(first.ts_ms, |t| t + 1),
-                            to_ms: first.ts_ms,
-                        }),
+                        units,
+                        at_head: true,
                         ..Page::default()
                     });
                 }
-                Err(e) => return Err(e),
+                None => match self.historical(key, after + 1, self.limit).await {
+                    Ok(t) => t.iter().map(trade_unit).collect(),
+                    Err(e) if too_old(&e) => {
+                        // Trimmed history: skip to the oldest trade still served.
+                        let recent = self.recent(key).await?;
+                        let Some(first) = recent.first() else {
+                            return Ok(Page {
+                                after,
+                                at_head: true,
+                                ..Page::default()
+                            });
+                        };
+                        return Ok(Page {
+                            after,
+                            skip: Some(Skip {
+                                from_id: after as i64 + 1,
+                                to_id: first.trade_id as i64 - 1,
+                                from_ms: through.map_or(first.ts_ms, |t| t + 1),
+                                to_ms: first.ts_ms,
+                            }),
+                            ..Page::default()
+                        });
+                    }
+                    Err(e) => return Err(e),
+                },
             },
         };
         let at_head = units.len() < usize::from(self.limit);
@@ -343,6 +360,28 @@ impl Truth {
             });
         }
         Ok(page)
+    }
+
+    /// Options: the recent trades after `after` when they reach back to it (`None` when the
+    /// cursor is older than the recent page, or nothing traded yet).
+    async fn recent_covering(
+        &self,
+        key: &InstrumentKey,
+        after: u64,
+    ) -> Result<Option<Vec<Unit>>, RestError> {
+        let recent = self.recent(key).await?;
+        match recent.first() {
+            Some(first) if first.trade_id <= after + 1 => Ok(Some(
+                recent
+                    .iter()
+                    .filter(|t| t.trade_id > after)
+                    .map(trade_unit)
+                    .collect(),
+            )),
+            Some(_) => Ok(None),
+            // No trade at all at the exchange yet.
+            None => Ok(Some(Vec::new())),
+        }
     }
 
     /// Per-trade truth for the trade-id ranges of disagreeing spot aggregates.

@@ -119,6 +119,9 @@ pub struct Step {
     pub fence: Option<(i64, i64)>,
     /// The cursor the step started from.
     pub from: Cursor,
+    /// The id just before the page (the cursor's `last_id`, or just before the first stored
+    /// trade on the first step).
+    pub after: i64,
     /// Page of truth (ascending ids after `from.last_id`), and per-trade truth fetched for
     /// disagreeing aggregates.
     pub units: Vec<Unit>,
@@ -151,7 +154,7 @@ pub enum Outcome {
 
 /// Commits `step` (see the module docs).
 pub async fn commit(pool: &PgPool, days: &KnownDays, step: &Step) -> Result<Outcome, sqlx::Error> {
-    let after = step.from.last_id.unwrap_or(i64::MIN);
+    let after = step.after;
     let upto = step.advance.last_id;
 
     // Partitions the rows and buckets will land in, before the transaction (DDL inside it would

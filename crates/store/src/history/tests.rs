@@ -104,6 +104,7 @@ fn step(inst: i32, from: reconcile::Cursor, units: &[Unit], raw: &[Row], through
         inst,
         fence: None,
         from,
+        after: from.last_id.unwrap_or(units[0].first_id as i64 - 1),
         units: units.to_vec(),
         raw: raw.iter().map(|r| (r.id, *r)).collect(),
         skip: None,
