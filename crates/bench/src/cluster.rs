@@ -60,12 +60,16 @@ impl Node {
 /// Everything one benchmark needs; field order is the stop order (nodes first, Postgres last).
 #[derive(Debug)]
 pub struct Cluster {
+    /// Worker processes started with [`Cluster::start_worker`].
+    pub workers: Vec<Proc>,
     pub nodes: Vec<Node>,
     pub scheduler: Proc,
     pub sim: Sim,
     pub redis: Redis,
     pub pg: Postgres,
     pub http: reqwest::Client,
+    /// The environment every child got.
+    base: Vec<(String, String)>,
 }
 
 /// Cluster shape: simulator overrides (`PRICEFEED__SIM__<KEY>`) and the node count.
@@ -121,6 +125,8 @@ impl Cluster {
             nodes.push(Node { proc, addr });
         }
         Ok(Self {
+            workers: Vec::new(),
+            base,
             nodes,
             scheduler,
             sim,
@@ -128,6 +134,37 @@ impl Cluster {
             pg,
             http,
         })
+    }
+
+    /// Starts a `pricefeed-scheduler worker` with the cluster's environment plus `extra`;
+    /// returns its ops address.
+    pub async fn start_worker(
+        &mut self,
+        env: &Env,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let name = format!("worker{}", self.workers.len() + 1);
+        let addr_file = env.run_dir.join(format!("{name}.addr"));
+        let mut e = self.base.clone();
+        e.push(("PRICEFEED__WORKER__HTTP__BIND".into(), "127.0.0.1:0".into()));
+        for (k, v) in extra {
+            e.push((k.to_string(), v.to_string()));
+        }
+        let mut proc = Proc::spawn(
+            &env.run_dir,
+            &name,
+            &env.bin("pricefeed-scheduler")?,
+            &[
+                "--addr-file".into(),
+                addr_file.to_string_lossy().into(),
+                "worker".into(),
+            ],
+            &e,
+        )?;
+        let addr = proc.wait_file(&addr_file, START).await?;
+        wait_http_ok(&self.http, &format!("http://{addr}/readyz"), START).await?;
+        self.workers.push(proc);
+        Ok(addr)
     }
 
     /// Fails (with the log tail) if any child process exited.
@@ -372,8 +409,15 @@ pub fn run_dir(sub: &str) -> PathBuf {
     std::env::temp_dir().join(format!("pricefeed-bench-{sub}-{}-{t}", std::process::id()))
 }
 
-/// Workspace root guessed from the binary location (`<root>/target/release/…`).
+/// The workspace root: the working directory when it holds `config/default.toml` (a build
+/// directory outside the repository, like `./dev`'s, then still works), else guessed from the
+/// binary location (`<root>/target/release/…`).
 pub fn guess_root(bin_dir: &Path) -> PathBuf {
+    if let Ok(cwd) = std::env::current_dir()
+        && cwd.join("config/default.toml").exists()
+    {
+        return cwd;
+    }
     bin_dir
         .ancestors()
         .nth(2)

@@ -1,4 +1,5 @@
-//! `pricefeed-bench`: cluster benchmarks of issue 5, run against the real release binaries.
+//! `pricefeed-bench`: cluster and storage benchmarks, run against the real release binaries
+//! (and, for `history-*`, the store's own code against a private Postgres).
 //!
 //! Each subcommand starts its own private Postgres and Redis, the exchange simulator, the
 //! scheduler and one or two API nodes on loopback (ports from the OS), measures, prints a
@@ -12,10 +13,12 @@
 
 mod cluster;
 mod e2e;
+mod history;
 mod latency;
 mod memory;
 mod prices;
 mod procs;
+mod reconcile;
 mod report;
 
 use std::path::PathBuf;
@@ -56,6 +59,12 @@ enum Cmd {
     Prices(prices::Args),
     /// RSS of a node holding ≥ 2 000 instruments at steady state.
     Memory(memory::Args),
+    /// The trade writer at a fixed rate against a plain COPY of the same rows; bytes per trade.
+    HistoryWrite(history::WriteArgs),
+    /// As-of VWAP and candle latency with ≥ 10 M trades stored.
+    HistoryRead(history::ReadArgs),
+    /// REST reconciliation: backlog catch-up rate, steady-state rate, weight per 1 000 trades.
+    Reconcile(reconcile::Args),
     /// All four with their defaults, one after the other.
     All,
 }
@@ -93,6 +102,9 @@ async fn run_one(env: &Env, cmd: &Cmd) -> anyhow::Result<Vec<Table>> {
         Cmd::Latency(a) => vec![latency::run(&sub("latency"), a).await?],
         Cmd::Prices(a) => vec![prices::run(&sub("prices"), a).await?],
         Cmd::Memory(a) => vec![memory::run(&sub("memory"), a).await?],
+        Cmd::HistoryWrite(a) => vec![history::write(&sub("history-write"), a).await?],
+        Cmd::HistoryRead(a) => vec![history::read(&sub("history-read"), a).await?],
+        Cmd::Reconcile(a) => vec![reconcile::run(&sub("reconcile"), a).await?],
         Cmd::All => {
             let mut out = Vec::new();
             // Parse each subcommand's defaults through clap so they match the single runs.
@@ -138,6 +150,9 @@ async fn main() -> ExitCode {
         Cmd::Latency(_) => "latency",
         Cmd::Prices(_) => "prices",
         Cmd::Memory(_) => "memory",
+        Cmd::HistoryWrite(_) => "history-write",
+        Cmd::HistoryRead(_) => "history-read",
+        Cmd::Reconcile(_) => "reconcile",
         Cmd::All => "all",
     };
     let env = Env {

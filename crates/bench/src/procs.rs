@@ -207,6 +207,7 @@ impl Redis {
 #[derive(Debug)]
 pub struct Postgres {
     pub url: String,
+    sock: PathBuf,
     bin: PathBuf,
     data: PathBuf,
     owner: Option<&'static str>,
@@ -225,6 +226,19 @@ fn pg_bindir() -> anyhow::Result<PathBuf> {
 }
 
 impl Postgres {
+    /// The same database over the Unix socket (no TCP, so no Nagle delays on COPY).
+    pub fn socket_url(&self) -> String {
+        let port = self
+            .url
+            .rsplit_once(':')
+            .and_then(|(_, r)| r.split('/').next())
+            .unwrap_or("5432");
+        format!(
+            "postgres://pricefeed@localhost/pricefeed?host={}&port={port}",
+            self.sock.display()
+        )
+    }
+
     fn cmd(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
         match self.owner {
@@ -254,6 +268,7 @@ impl Postgres {
         let port = free_port()?;
         let mut pg = Self {
             url: format!("postgres://pricefeed@127.0.0.1:{port}/pricefeed"),
+            sock: pgdir.join("sock"),
             bin,
             data: pgdir.join("data"),
             owner,

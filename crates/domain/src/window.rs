@@ -2,9 +2,10 @@
 //! owns it. Pure: the caller feeds accepted trades, the clock, and validated history from
 //! Postgres; everything here is exact `Decimal` arithmetic and unit-tested against naive sums.
 //!
-//! **VWAP.** Trades are summed per second (Σpq, Σq, count). Each configured interval keeps a
-//! running sum over the seconds inside it, so a trade costs one multiply and a few adds per
-//! interval, and moving the clock subtracts the seconds that left. The latest window of
+//! **VWAP.** Trades are summed per second (Σpq, Σq, count): on the trade path that is one
+//! multiply and two adds. Each configured interval keeps a running sum over the *completed*
+//! seconds inside it; moving the clock folds the seconds that just completed in and subtracts
+//! the ones that left, so the per-trade cost does not grow with the number of intervals. The latest window of
 //! interval `I` at time `now` is `[S + 1s - I, S + 1s)`, where `S` is the start of the second of
 //! `now`: the last `I` of whole seconds up to the end of the current one, with the window
 //! convention of [`crate::bucket`] (documented in
@@ -124,6 +125,9 @@ pub struct Live {
     through: i64,
     /// Current second (clock), as last advanced.
     now_sec: i64,
+    /// Seconds before this are folded into the running sums; later ones (the current second,
+    /// and any ahead of our clock) are added when a window is read.
+    folded_to: i64,
 }
 
 impl Live {
@@ -153,6 +157,7 @@ impl Live {
             n: 0,
             through: i64::MIN,
             now_sec,
+            folded_to: now_sec,
         }
     }
 
@@ -197,9 +202,12 @@ impl Live {
                 }
             }
         }
-        for r in &mut self.running {
-            if sec > r.boundary {
-                r.sums.add(s);
+        // A late trade in an already folded second goes into the running sums directly.
+        if sec < self.folded_to {
+            for r in &mut self.running {
+                if sec > r.boundary {
+                    r.sums.add(s);
+                }
             }
         }
     }
@@ -266,17 +274,28 @@ impl Live {
         let sec = Span::SECOND.floor(now_ms);
         if sec > self.now_sec {
             self.now_sec = sec;
+            let folded = self.folded_to;
+            // Seconds that completed since the last move: [folded, sec).
+            let f_lo = self.secs.partition_point(|x| x.start < folded);
+            let f_hi = self.secs.partition_point(|x| x.start < sec);
             for r in &mut self.running {
                 let nb = sec - r.span.ms();
                 if nb > r.boundary {
+                    // Folded seconds that left the window: (boundary, nb] below `folded`.
                     let lo = self.secs.partition_point(|x| x.start <= r.boundary);
-                    let hi = self.secs.partition_point(|x| x.start <= nb);
-                    for s in self.secs.range(lo..hi) {
+                    let hi = self.secs.partition_point(|x| x.start <= nb).min(f_lo);
+                    for s in self.secs.range(lo..hi.max(lo)) {
                         r.sums.sub(&s.sums);
                     }
                     r.boundary = nb;
                 }
+                for s in self.secs.range(f_lo..f_hi) {
+                    if s.start > r.boundary {
+                        r.sums.add(&s.sums);
+                    }
+                }
             }
+            self.folded_to = sec;
             while self
                 .secs
                 .front()
@@ -319,13 +338,23 @@ impl Live {
 
     /// Latest VWAP of every interval at the current clock: `[window_start, window_end)`.
     pub fn vwaps(&self) -> Vec<VwapNow> {
+        let open = self.secs.partition_point(|x| x.start < self.folded_to);
         self.running
             .iter()
-            .map(|r| VwapNow {
-                interval: r.span,
-                sums: r.sums,
-                window_start: r.boundary + 1000,
-                window_end: r.boundary + 1000 + r.span.ms(),
+            .map(|r| {
+                let mut sums = r.sums;
+                // The open second (and none ahead of our clock: they are after the window).
+                for s in self.secs.range(open..) {
+                    if s.start > r.boundary && s.start <= self.now_sec {
+                        sums.add(&s.sums);
+                    }
+                }
+                VwapNow {
+                    interval: r.span,
+                    sums,
+                    window_start: r.boundary + 1000,
+                    window_end: r.boundary + 1000 + r.span.ms(),
+                }
             })
             .collect()
     }
@@ -424,9 +453,14 @@ impl Live {
 
     /// Rebuilds every running sum from the kept seconds and minutes (after a replacement).
     fn recompute(&mut self) {
+        let folded = self.folded_to;
         for r in &mut self.running {
             r.sums = Sums::default();
-            for s in self.secs.iter().filter(|s| s.start > r.boundary) {
+            for s in self
+                .secs
+                .iter()
+                .filter(|s| s.start > r.boundary && s.start < folded)
+            {
                 r.sums.add(&s.sums);
             }
         }
@@ -613,6 +647,13 @@ mod tests {
                 }
                 l.add_trade(t.0, t.1, t.2, t.3);
                 seen.push(*t);
+                // Mid-stream reads include the open second, never one ahead of the clock.
+                if t.0 % 7 == 0 {
+                    for v in l.vwaps() {
+                        let expect = naive(&seen, clock, v.interval);
+                        prop_assert_eq!(v.sums, expect);
+                    }
+                }
             }
             let end = T0 + 5_000_000;
             l.advance(end);

@@ -26,7 +26,91 @@ use crate::state::AppState;
 const DEFAULT_DEAD_AFTER_MS: u64 = 3_000;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(cluster))
+    OpenApiRouter::new()
+        .routes(routes!(cluster))
+        .routes(routes!(reconcile))
+}
+
+/// How far REST reconciliation has confirmed history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReconcileSummary {
+    /// Instruments with a reconciliation job.
+    pub instruments: usize,
+    /// Of those, how many have been confirmed at least once.
+    pub started: usize,
+    /// Now minus the least advanced confirmation horizon, ms; null before any.
+    pub max_lag_ms: Option<i64>,
+    /// Median lag, ms.
+    pub p50_lag_ms: Option<i64>,
+    /// Instruments more than two minutes behind.
+    pub behind_2m: usize,
+    /// The five most behind.
+    pub worst: Vec<InstrumentLag>,
+}
+
+/// Reconciliation state of one instrument.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstrumentLag {
+    /// `market:SYMBOL`.
+    pub key: String,
+    /// Every trade at or before this time (ms) is confirmed by the broker's REST API.
+    pub validated_through: Option<i64>,
+    /// Now minus `validated_through`, ms.
+    pub lag_ms: Option<i64>,
+    /// Trades confirmed so far.
+    pub validated_trades: i64,
+}
+
+fn lags(rows: Vec<pricefeed_store::history::read::Lag>) -> Vec<InstrumentLag> {
+    let now = crate::ingest::connector::now_ms();
+    rows.into_iter()
+        .map(|l| InstrumentLag {
+            key: format!("{}:{}", l.market, l.symbol),
+            validated_through: l.through_ms,
+            lag_ms: l.through_ms.map(|t| (now - t).max(0)),
+            validated_trades: l.validated_total,
+        })
+        .collect()
+}
+
+fn summary(all: &[InstrumentLag]) -> ReconcileSummary {
+    let mut started: Vec<i64> = all.iter().filter_map(|l| l.lag_ms).collect();
+    started.sort_unstable();
+    ReconcileSummary {
+        instruments: all.len(),
+        started: started.len(),
+        max_lag_ms: started.last().copied(),
+        p50_lag_ms: started.get(started.len() / 2).copied(),
+        behind_2m: started.iter().filter(|&&l| l > 120_000).count(),
+        worst: all
+            .iter()
+            .filter(|l| l.lag_ms.is_some())
+            .take(5)
+            .map(|l| InstrumentLag {
+                key: l.key.clone(),
+                validated_through: l.validated_through,
+                lag_ms: l.lag_ms,
+                validated_trades: l.validated_trades,
+            })
+            .collect(),
+    }
+}
+
+/// Reconciliation lag of every instrument, most behind first.
+#[utoipa::path(
+    get,
+    path = "/cluster/reconcile",
+    tag = "cluster",
+    responses(
+        (status = 200, body = Vec<InstrumentLag>),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
+    )
+)]
+async fn reconcile(State(st): State<AppState>) -> Result<Json<Vec<InstrumentLag>>, Problem> {
+    let rows = pricefeed_store::history::read::reconcile_lags(&st.db)
+        .await
+        .map_err(super::vwap::db_problem)?;
+    Ok(Json(lags(rows)))
 }
 
 /// The scheduler currently holding the leader lease.
@@ -67,6 +151,8 @@ pub struct ClusterView {
     pub unassigned: usize,
     /// Broker feed health of the node answering.
     pub feed: FeedSummary,
+    /// REST reconciliation progress (per instrument at `/api/v1/cluster/reconcile`).
+    pub reconcile: ReconcileSummary,
 }
 
 /// Broker WS connections of the node answering.
@@ -120,6 +206,11 @@ async fn cluster(State(st): State<AppState>) -> Result<Json<ClusterView>, Proble
     let symbols = pricefeed_store::instruments::tradable_symbols(&st.db)
         .await
         .map_err(|e| unavailable("postgres", e.to_string()))?;
+    let reconcile = summary(&lags(
+        pricefeed_store::history::read::reconcile_lags(&st.db)
+            .await
+            .map_err(|e| unavailable("postgres", e.to_string()))?,
+    ));
 
     let (dead_after, sizes, owned): (u64, BTreeMap<String, usize>, BTreeSet<_>) =
         match &view.published {
@@ -159,5 +250,6 @@ async fn cluster(State(st): State<AppState>) -> Result<Json<ClusterView>, Proble
         instruments: symbols.len(),
         unassigned,
         feed: feed_summary(&st),
+        reconcile,
     }))
 }

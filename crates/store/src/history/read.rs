@@ -529,3 +529,25 @@ pub async fn trade_ids(
     .fetch_all(pool)
     .await
 }
+
+/// Reconciliation state of one instrument.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Lag {
+    pub market: String,
+    pub symbol: String,
+    /// Every trade at or before this is confirmed; `None` before the first step.
+    pub through_ms: Option<i64>,
+    pub validated_total: i64,
+}
+
+/// Every instrument with a reconciliation job, most behind first.
+pub async fn reconcile_lags(pool: &PgPool) -> Result<Vec<Lag>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.market, i.symbol, c.through_ms, c.validated_total \
+         FROM reconcile_cursors c JOIN instruments i ON i.id = c.instrument_id \
+         JOIN jobs j ON j.kind = 'reconcile' AND j.key = i.id::text \
+         ORDER BY c.through_ms ASC NULLS FIRST, i.market, i.symbol",
+    )
+    .fetch_all(pool)
+    .await
+}
