@@ -35,7 +35,7 @@ pub struct WorkerSection {
 }
 
 fn default_concurrency() -> usize {
-    4
+    8
 }
 fn default_poll_ms() -> u64 {
     250

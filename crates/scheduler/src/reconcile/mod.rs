@@ -181,9 +181,15 @@ impl Reconciler {
                 None => match store::first_stored(&me.db, inst).await? {
                     // Nothing stored yet: nothing to confirm.
                     None => return Ok(interval),
-                    Some((id, ts)) => me.truth.first_page(&key, id as u64, ts).await?,
+                    Some((id, ts)) => me.truth.first_page(&key, id as u64, ts).await,
                 },
-                Some(last) => me.truth.next_page(&key, last as u64, &cur).await?,
+                Some(last) => me.truth.next_page(&key, last as u64, &cur).await,
+            };
+            let page = match page {
+                Ok(p) => p,
+                // Out of budget (or banned): free the worker slot, come back when it refills.
+                Err(truth::Fetch::Budget(wait)) => return Ok(wait),
+                Err(truth::Fetch::Rest(e)) => return Err(e.into()),
             };
             let at_head = page.at_head;
             if let Some(skip) = page.skip {
@@ -321,7 +327,14 @@ impl Reconciler {
                     return Ok(Committed::Yes);
                 }
                 Outcome::Replan(p) => {
-                    let raw = me.truth.fills(key, &p.need_raw).await?;
+                    let raw = match me.truth.fills(key, &p.need_raw).await {
+                        Ok(r) => r,
+                        Err(truth::Fetch::Budget(wait)) => {
+                            tokio::time::sleep(wait.min(std::time::Duration::from_secs(5))).await;
+                            continue;
+                        }
+                        Err(truth::Fetch::Rest(e)) => return Err(e.into()),
+                    };
                     for t in raw {
                         step.raw.insert(t.id, t);
                     }

@@ -40,6 +40,19 @@ pub struct Pacer {
 /// Pause while the broker's reported minute weight is above this (its limit is 6000).
 const WEIGHT_CEILING: u64 = 5_400;
 
+/// Waits for budget up to this long inside a job; longer ones end the run.
+const SHORT_WAIT: Duration = Duration::from_millis(250);
+
+/// Why a page could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum Fetch {
+    #[error(transparent)]
+    Rest(#[from] RestError),
+    /// The weight budget (or a ban) needs this long: come back then.
+    #[error("REST budget exhausted for {0:?}")]
+    Budget(Duration),
+}
+
 fn idx(m: Market) -> usize {
     match m {
         Market::Spot => 0,
@@ -60,11 +73,13 @@ impl Pacer {
         }
     }
 
-    async fn take(&self, client: &RestClient, market: Market, w: u32) {
+    /// Takes `w` of the budget, waiting briefly when it is nearly there; a longer wait (or a
+    /// running ban) is returned instead, so the job gives its worker slot to other markets'
+    /// instruments and comes back later.
+    async fn take(&self, client: &RestClient, market: Market, w: u32) -> Result<(), Fetch> {
         loop {
             if let Some(d) = client.banned_for(market) {
-                tokio::time::sleep(d).await;
-                continue;
+                return Err(Fetch::Budget(d));
             }
             let wait = {
                 let mut st = self.state.lock().unwrap();
@@ -84,17 +99,19 @@ impl Pacer {
             };
             match wait {
                 None => break,
-                Some(d) => tokio::time::sleep(d).await,
+                Some(d) if d <= SHORT_WAIT => tokio::time::sleep(d).await,
+                Some(d) => return Err(Fetch::Budget(d)),
             }
         }
         if client
             .used_weight(market)
             .is_some_and(|u| u >= WEIGHT_CEILING)
         {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Err(Fetch::Budget(Duration::from_secs(1)));
         }
         metrics::counter!("pricefeed_reconcile_rest_weight_total", "market" => market.as_str())
             .increment(u64::from(w));
+        Ok(())
     }
 }
 
@@ -158,13 +175,14 @@ fn too_old(e: &RestError) -> bool {
 }
 
 impl Truth {
-    async fn aggs(&self, key: &InstrumentKey, from: AggFrom) -> Result<Vec<AggTrade>, RestError> {
+    async fn aggs(&self, key: &InstrumentKey, from: AggFrom) -> Result<Vec<AggTrade>, Fetch> {
         self.pacer
             .take(&self.client, key.market(), weight(key.market(), Call::Agg))
-            .await;
-        self.client
+            .await?;
+        Ok(self
+            .client
             .agg_trades(key.market(), &sym(key), from, self.limit)
-            .await
+            .await?)
     }
 
     async fn historical(
@@ -172,36 +190,38 @@ impl Truth {
         key: &InstrumentKey,
         from: u64,
         limit: u16,
-    ) -> Result<Vec<Trade>, RestError> {
+    ) -> Result<Vec<Trade>, Fetch> {
         self.pacer
             .take(
                 &self.client,
                 key.market(),
                 weight(key.market(), Call::Historical),
             )
-            .await;
-        self.client
+            .await?;
+        Ok(self
+            .client
             .historical_trades(key.market(), &sym(key), Some(from), limit)
-            .await
+            .await?)
     }
 
-    async fn recent(&self, key: &InstrumentKey) -> Result<Vec<Trade>, RestError> {
+    async fn recent(&self, key: &InstrumentKey) -> Result<Vec<Trade>, Fetch> {
         self.pacer
             .take(
                 &self.client,
                 key.market(),
                 weight(key.market(), Call::Recent),
             )
-            .await;
+            .await?;
         // The options endpoint serves at most 500 recent trades.
         let limit = if key.market() == Market::Options {
             self.limit.min(500)
         } else {
             self.limit
         };
-        self.client
+        Ok(self
+            .client
             .recent_trades(key.market(), &sym(key), limit)
-            .await
+            .await?)
     }
 
     /// The first page of an instrument whose stored history starts at trade `first_id` (time
@@ -211,7 +231,7 @@ impl Truth {
         key: &InstrumentKey,
         first_id: u64,
         first_ts: i64,
-    ) -> Result<Page, RestError> {
+    ) -> Result<Page, Fetch> {
         let after = first_id.saturating_sub(1);
         match key.market() {
             Market::Spot => {
@@ -248,7 +268,7 @@ impl Truth {
         key: &InstrumentKey,
         last_id: u64,
         cur: &Cursor,
-    ) -> Result<Page, RestError> {
+    ) -> Result<Page, Fetch> {
         match key.market() {
             Market::Spot => {
                 let Some(last_agg) = cur.last_agg_id else {
@@ -297,7 +317,7 @@ impl Truth {
         key: &InstrumentKey,
         after: u64,
         through: Option<i64>,
-    ) -> Result<Page, RestError> {
+    ) -> Result<Page, Fetch> {
         let units: Vec<Unit> = match key.market() {
             Market::Usdm => self
                 .aggs(key, AggFrom::Id(after + 1))
@@ -317,7 +337,7 @@ impl Truth {
                 }
                 None => match self.historical(key, after + 1, self.limit).await {
                     Ok(t) => t.iter().map(trade_unit).collect(),
-                    Err(e) if too_old(&e) => {
+                    Err(Fetch::Rest(e)) if too_old(&e) => {
                         // Trimmed history: skip to the oldest trade still served.
                         let recent = self.recent(key).await?;
                         let Some(first) = recent.first() else {
@@ -368,7 +388,7 @@ impl Truth {
         &self,
         key: &InstrumentKey,
         after: u64,
-    ) -> Result<Option<Vec<Unit>>, RestError> {
+    ) -> Result<Option<Vec<Unit>>, Fetch> {
         let recent = self.recent(key).await?;
         match recent.first() {
             Some(first) if first.trade_id <= after + 1 => Ok(Some(
@@ -389,7 +409,7 @@ impl Truth {
         &self,
         key: &InstrumentKey,
         ranges: &[RangeInclusive<u64>],
-    ) -> Result<Vec<Row>, RestError> {
+    ) -> Result<Vec<Row>, Fetch> {
         let mut ranges: Vec<RangeInclusive<u64>> = ranges.to_vec();
         ranges.sort_by_key(|r| *r.start());
         let mut out: Vec<Row> = Vec::new();

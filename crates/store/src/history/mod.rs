@@ -11,10 +11,12 @@
 //!   history, advance the cursor), fenced by the job lease.
 //! - [`config`]: the `[vwap]` and `[retention]` sections every role shares.
 //! - [`ids`]: instrument key ↔ small integer id.
+//! - [`numeric`]: `Decimal` → `NUMERIC` without allocating (the writer's hot encoding).
 //! - [`partitions`]: daily partitions ahead of time and retention.
 
 pub mod config;
 pub mod ids;
+pub mod numeric;
 pub mod partitions;
 pub mod read;
 pub mod reconcile;

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ids::InstrumentIds;
+use super::numeric::FastNumeric;
 use super::partitions::{KnownDays, Table};
 use super::spill::Spill;
 
@@ -549,16 +550,16 @@ pub async fn insert(
     let mut tid = Vec::with_capacity(k);
     let mut ts = Vec::with_capacity(k);
     let mut maker = Vec::with_capacity(k);
-    let mut price: Vec<Decimal> = Vec::with_capacity(k);
-    let mut qty: Vec<Decimal> = Vec::with_capacity(k);
+    let mut price: Vec<FastNumeric> = Vec::with_capacity(k);
+    let mut qty: Vec<FastNumeric> = Vec::with_capacity(k);
     for &(i, t, n) in &order {
         let r = &rows[n];
         inst.push(i);
         tid.push(t);
         ts.push(r.ts_ms);
         maker.push(r.buyer_is_maker);
-        price.push(r.price);
-        qty.push(r.qty);
+        price.push(FastNumeric(r.price));
+        qty.push(FastNumeric(r.qty));
     }
     let written = if k == 0 {
         0
