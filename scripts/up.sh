@@ -79,6 +79,10 @@ export PRICEFEED__BROKER__SPOT_REST_URL="http://127.0.0.1:$SIM_SPOT" PRICEFEED__
 export PRICEFEED__BROKER__FUTURES_REST_URL="http://127.0.0.1:$SIM_FUT" PRICEFEED__BROKER__FUTURES_WS_URL="ws://127.0.0.1:$SIM_FUT"
 export PRICEFEED__BROKER__OPTIONS_REST_URL="http://127.0.0.1:$SIM_OPT" PRICEFEED__BROKER__OPTIONS_WS_URL="ws://127.0.0.1:$SIM_OPT"
 
+# One token key for every node, kept across restarts so issued tokens stay valid.
+[ -s "$STATE/jwt_secret" ] || (umask 077; head -c 48 /dev/urandom | base64 -w0 >"$STATE/jwt_secret")
+export PRICEFEED__AUTH__JWT_SECRET="$(cat "$STATE/jwt_secret")"
+
 say "applying migrations"
 "$BIN/pricefeed-scheduler" migrate >"$LOGS/migrate.log" 2>&1 || { tail -20 "$LOGS/migrate.log" >&2; die "migrations failed"; }
 

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use pricefeed_store::protocol::Keys;
 use pricefeed_tests::{
     Proc, base_env, bin, fresh_database, get_json, http_client, key_prefix, migrate, signal,
     start_nodes, start_schedulers,
@@ -92,7 +93,7 @@ async fn published(
     prefix: &str,
 ) -> Result<(u64, u64, BTreeMap<String, String>), String> {
     let raw: Option<String> = redis::cmd("GET")
-        .arg(format!("{prefix}:assignment"))
+        .arg(Keys::new(prefix).assignment())
         .query_async(redis)
         .await
         .map_err(|e| e.to_string())?;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use pricefeed_store::protocol::Keys;
 use pricefeed_tests::{
     Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
     metric, migrate, start_nodes, start_schedulers,
@@ -87,7 +88,7 @@ async fn feed_view(
     node: &str,
 ) -> FeedView {
     let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{prefix}:feed:{node}"))
+        .arg(Keys::new(prefix).feed(node))
         .query_async(redis)
         .await
         .unwrap_or_default();
@@ -113,7 +114,7 @@ async fn price_id(
     key: &str,
 ) -> Option<u64> {
     let raw: Option<String> = redis::cmd("HGET")
-        .arg(format!("{prefix}:prices"))
+        .arg(Keys::new(prefix).prices())
         .arg(key)
         .query_async(redis)
         .await
@@ -228,7 +229,7 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     // Every order on any node's channel, with its arrival time.
     let mut ps = client.get_async_pubsub().await.unwrap();
-    ps.psubscribe(format!("{prefix}:orders:*")).await.unwrap();
+    ps.psubscribe(Keys::new(&prefix).orders("*")).await.unwrap();
     let (otx, mut orx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String, Value)>();
     tokio::spawn(async move {
         let mut s = ps.into_on_message();
@@ -309,7 +310,7 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
         Ok(Some((at, ch, v))) => {
             assert_eq!(
                 ch,
-                format!("{prefix}:orders:{owner_id}"),
+                Keys::new(&prefix).orders(owner_id),
                 "order on the wrong channel: {v}"
             );
             (at, v)
@@ -387,7 +388,7 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
     // the stall lasted well under 10 windows of 1.5 s.
     let mut per_conn: BTreeMap<String, usize> = BTreeMap::new();
     while let Ok((_, ch, v)) = orx.try_recv() {
-        assert_ne!(ch, format!("{prefix}:orders:{other_id}"), "{v}");
+        assert_ne!(ch, Keys::new(&prefix).orders(other_id), "{v}");
         *per_conn.entry(v["conn_id"].to_string()).or_default() += 1;
     }
     let window_bound = (stalled_at.elapsed().as_millis() / 1500 + 1) as usize;
@@ -436,7 +437,7 @@ async fn scheduler_orders_a_silent_connection_to_reconnect() {
     // 3. Hand-made bad orders: garbage, wrong shape, another node's id, an unknown connection,
     //    an older term. None may cut a connection or hurt the node.
     let conn_a = order["conn_id"].as_str().unwrap().to_string();
-    let channel = format!("{prefix}:orders:{owner_id}");
+    let channel = Keys::new(&prefix).orders(owner_id);
     let bad = [
         "not json at all".to_string(),
         r#"{"order":"reconnect"}"#.to_string(),

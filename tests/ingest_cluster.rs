@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use pricefeed_store::protocol::Keys;
 use pricefeed_tests::{
     Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
     metric, migrate, seed_from_catalogue, signal, start_nodes, start_schedulers,
@@ -80,7 +81,7 @@ async fn redis_ids(
     prefix: &str,
 ) -> BTreeMap<String, u64> {
     let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{prefix}:prices"))
+        .arg(Keys::new(prefix).prices())
         .query_async(redis)
         .await
         .unwrap();
@@ -264,11 +265,11 @@ async fn ingest_is_exactly_once_across_the_cluster_and_survives_kill_9() {
         ) = redis::pipe()
             .atomic()
             .cmd("HGETALL")
-            .arg(format!("{prefix}:ingest:accepted"))
+            .arg(Keys::new(&prefix).accepted())
             .cmd("HGETALL")
-            .arg(format!("{prefix}:ingest:first"))
+            .arg(Keys::new(&prefix).first_accepted())
             .cmd("HGETALL")
-            .arg(format!("{prefix}:prices"))
+            .arg(Keys::new(&prefix).prices())
             .query_async(&mut redis)
             .await
             .unwrap();

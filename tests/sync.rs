@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use pricefeed_store::protocol::Keys;
 use pricefeed_tests::{Proc, Sim, base_env, bin, fresh_database, http_client, metric, unique};
 use serde_json::Value;
 
@@ -155,7 +156,7 @@ async fn catalogue_listings_and_broker_outage() {
     let redis = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
     let mut pubsub = redis.get_async_pubsub().await.unwrap();
     pubsub
-        .subscribe(format!("{prefix}:instruments:changed"))
+        .subscribe(Keys::new(&prefix).instruments_changed())
         .await
         .unwrap();
 

@@ -95,6 +95,9 @@ pub async fn fresh_database() -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
+/// Token signing key of every test cluster (tests mint tokens with it to probe forgeries).
+pub const TEST_JWT_SECRET: &str = "pricefeed-test-signing-key-0123456789abcdef";
+
 /// Environment that points a binary at the test dependencies, with its own Redis key prefix.
 pub fn base_env(database_url: &str) -> Vec<(String, String)> {
     vec![
@@ -111,6 +114,7 @@ pub fn base_env(database_url: &str) -> Vec<(String, String)> {
             "127.0.0.1:0".into(),
         ),
         ("PRICEFEED__WORKER__HTTP__BIND".into(), "127.0.0.1:0".into()),
+        ("PRICEFEED__AUTH__JWT_SECRET".into(), TEST_JWT_SECRET.into()),
         // The scheduler syncs instruments from the broker REST URLs. A test that seeds
         // instruments itself must not have them replaced by whatever simulator happens to run
         // on the default ports, so REST points nowhere unless a test sets it (later entries win).

@@ -312,6 +312,10 @@ fn base_env(env: &Env, db: &str, redis: &str, sim: &Sim) -> Vec<(String, String)
             "10000".into(),
         ),
         ("PRICEFEED__TELEMETRY__LOG_LEVEL".into(), "warn".into()),
+        (
+            "PRICEFEED__AUTH__JWT_SECRET".into(),
+            "bench-cluster-signing-key-0123456789abcdef".into(),
+        ),
     ];
     for (market, addr) in [
         ("SPOT", &sim.spot),

@@ -40,7 +40,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         .map_or(0, |d| d.as_millis() as i64);
     let slices = Membership {
         redis: redis.clone(),
-        redis_url: cfg.redis.url.clone(),
+        redis_url: cfg.redis.url.expose().to_string(),
         prefix: cfg.redis.key_prefix.clone(),
         record: NodeRecord {
             node_id: node_id.clone(),
@@ -63,7 +63,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
             feed: cfg.node.feed.clone(),
             broker: cfg.broker.clone(),
             redis: redis.clone(),
-            redis_url: cfg.redis.url.clone(),
+            redis_url: cfg.redis.url.expose().to_string(),
             prefix: cfg.redis.key_prefix.clone(),
         },
         slices.clone(),
@@ -81,12 +81,25 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     )?;
     let flush_every = Duration::from_millis(cfg.node.feed.tick_flush_ms);
     crate::ingest::history::attach(&ingest.core, writer, flush_every, shutdown);
+    crate::alerts::attach(
+        &ingest.core,
+        crate::alerts::AlertDeps {
+            node_id: node_id.clone(),
+            db: db.clone(),
+            redis: redis.clone(),
+            redis_url: cfg.redis.url.expose().to_string(),
+            keys: keys.clone(),
+            ids: ids.clone(),
+            cfg: cfg.alerts.clone(),
+        },
+        shutdown,
+    );
     crate::live::attach(
         &ingest.core,
         crate::live::LiveDeps {
             db: db.clone(),
             redis: redis.clone(),
-            redis_url: cfg.redis.url.clone(),
+            redis_url: cfg.redis.url.expose().to_string(),
             keys: keys.clone(),
             ids: ids.clone(),
             vwap: cfg.vwap.clone(),
@@ -101,14 +114,14 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     let tracker = shutdown.tracker();
     tracker.spawn(crate::live_cache::run(
         prices.clone(),
-        cfg.redis.url.clone(),
+        cfg.redis.url.expose().to_string(),
         keys.price_ticks(),
         "price ticks",
         shutdown.token(),
     ));
     tracker.spawn(crate::live_cache::run(
         vwaps.clone(),
-        cfg.redis.url.clone(),
+        cfg.redis.url.expose().to_string(),
         keys.vwap_ticks(),
         "vwap ticks",
         shutdown.token(),
@@ -126,12 +139,27 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         ids,
         vwap: Arc::new(cfg.vwap.clone()),
         retention: Arc::new(cfg.retention.clone()),
+        tokens: crate::auth::jwt::Tokens::new(&cfg.auth),
+        auth: Arc::new(cfg.auth.clone()),
+        alerts: Arc::new(cfg.alerts.clone()),
+        local_limits: Arc::default(),
+        dummy_hash: Arc::from(
+            crate::auth::api::hash_password(uuid_like_secret())
+                .await
+                .map_err(|e| anyhow::anyhow!("password hashing unusable: {e}"))?
+                .as_str(),
+        ),
     };
     let router = build_router(state, readiness, cfg);
     telemetry::spawn_upkeep(shutdown);
     http::spawn_server(listener, router, shutdown);
     tracing::info!(%addr, node_id, "node listening");
     Ok(Running { addr, node_id })
+}
+
+/// A random string (the dummy password of [`AppState::dummy_hash`]).
+fn uuid_like_secret() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 fn build_router(state: AppState, readiness: ops::Readiness, cfg: &NodeConfig) -> Router {

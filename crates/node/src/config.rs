@@ -8,6 +8,8 @@ use pricefeed_runtime::config::{
 use pricefeed_store::history::writer::TradesConfig;
 use pricefeed_store::history::{RetentionConfig, VwapConfig};
 
+use crate::alerts::AlertsConfig;
+use crate::auth::AuthConfig;
 use crate::live::LiveConfig;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,12 @@ pub struct NodeConfig {
     /// `[retention]`: how far back raw trades and buckets exist (shared with the scheduler).
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// `[auth]`: token key and lifetimes, login limits.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `[alerts]`: limits and evaluation cadence.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
@@ -207,6 +215,8 @@ impl Validate for NodeConfig {
         self.node.live.validate()?;
         self.vwap.validate()?;
         self.retention.validate()?;
+        self.auth.validate()?;
+        self.alerts.validate()?;
         self.database.validate()?;
         self.redis.validate()?;
         self.broker.validate()?;

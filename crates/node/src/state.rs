@@ -31,6 +31,15 @@ pub struct AppState {
     /// `[vwap]` and `[retention]`, for the history routes.
     pub vwap: Arc<pricefeed_store::history::VwapConfig>,
     pub retention: Arc<pricefeed_store::history::RetentionConfig>,
+    /// Access tokens, `[auth]` and `[alerts]`.
+    pub tokens: crate::auth::jwt::Tokens,
+    pub auth: Arc<crate::auth::AuthConfig>,
+    pub alerts: Arc<crate::alerts::AlertsConfig>,
+    /// Login counters of this node, used while Redis is down.
+    pub local_limits: Arc<crate::auth::extract::LocalLimits>,
+    /// Hash of a random password: unknown emails are verified against it, so a login takes the
+    /// same time whether or not the account exists.
+    pub dummy_hash: Arc<str>,
 }
 
 impl std::fmt::Debug for AppState {

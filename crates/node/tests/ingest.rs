@@ -16,6 +16,7 @@ use pricefeed_exchange_sim::config::SimConfig;
 use pricefeed_node::config::NodeConfig;
 use pricefeed_runtime::shutdown::Shutdown;
 use pricefeed_store::assignment::{self as published, Published};
+use pricefeed_store::protocol::Keys;
 use serde_json::{Value, json};
 
 const INSTRUMENTS: &[&str] = &[
@@ -155,6 +156,7 @@ async fn setup_with(
                           "tick_flush_ms": 10, "max_lifetime_ms": max_lifetime_ms}},
         "database": {"url": db, "migrate_on_start": true},
         "redis": {"url": redis_url, "key_prefix": prefix},
+        "auth": {"jwt_secret": "ingest-test-signing-key-0123456789abcdef"},
         "broker": {
             "spot_rest_url": format!("http://{}", a.spot), "spot_ws_url": format!("ws://{}", a.spot),
             "futures_rest_url": format!("http://{}", a.futures), "futures_ws_url": format!("ws://{}", a.futures),
@@ -172,7 +174,9 @@ async fn setup_with(
     let running = pricefeed_node::app::start(&cfg, &shutdown).await.unwrap();
 
     // Instruments in Postgres (for the 404 distinction) and an assignment giving n1 all of them.
-    let pool = sqlx::PgPool::connect(&cfg.database.url).await.unwrap();
+    let pool = sqlx::PgPool::connect(cfg.database.url.expose())
+        .await
+        .unwrap();
     for s in ["BTCUSDT", "ETHUSDT", "BNBUSDT"] {
         sqlx::query("INSERT INTO underlyings (symbol, base_asset, quote_asset, status) VALUES ($1, 'X', 'USDT', 'TRADING')")
             .bind(s)
@@ -180,7 +184,7 @@ async fn setup_with(
             .await
             .unwrap();
     }
-    let client = redis::Client::open(cfg.redis.url.as_str()).unwrap();
+    let client = redis::Client::open(cfg.redis.url.expose()).unwrap();
     let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
     let doc = Published {
         epoch: 1,
@@ -292,7 +296,7 @@ async fn check_against_truth(env: &mut Env) {
     }
     // The cluster-wide counters in Redis agree (one node here; they lag by one flush).
     let counts: BTreeMap<String, u64> = redis::cmd("HGETALL")
-        .arg(format!("{}:ingest:accepted", env.prefix))
+        .arg(Keys::new(&env.prefix).accepted())
         .query_async(&mut env.redis)
         .await
         .unwrap();
@@ -346,7 +350,7 @@ async fn prices_flow_and_faults_lose_nothing_and_count_nothing_twice() {
     // Redis gets it with the next flush tick.
     let stored = poll("price in redis", Duration::from_secs(5), || {
         let mut r = env.redis.clone();
-        let key = format!("{}:prices", env.prefix);
+        let key = Keys::new(&env.prefix).prices();
         async move {
             redis::cmd("HGET")
                 .arg(key)
@@ -370,7 +374,7 @@ async fn prices_flow_and_faults_lose_nothing_and_count_nothing_twice() {
     // Feed health for the scheduler: last frame time per connection.
     poll("feed health in redis", Duration::from_secs(5), || {
         let mut r = env.redis.clone();
-        let key = format!("{}:feed:n1", env.prefix);
+        let key = Keys::new(&env.prefix).feed("n1");
         async move {
             let n: u64 = redis::cmd("HLEN")
                 .arg(key)

@@ -184,8 +184,8 @@ impl HttpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `postgres://user:password@host:port/db`; the password is redacted in logs.
-    pub url: String,
+    /// `postgres://user:password@host:port/db`; the password never reaches logs.
+    pub url: crate::secret::SecretUrl,
     #[serde(default = "default_pool_size")]
     pub max_connections: u32,
     /// How long to wait for a connection before giving up, in milliseconds.
@@ -208,7 +208,8 @@ fn yes() -> bool {
 
 impl Validate for DatabaseConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+        let url = self.url.expose();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::key(
                 "database.url",
                 "must start with postgres:// or postgresql://",
@@ -228,8 +229,9 @@ impl Validate for DatabaseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`; RESP3 is added for pub/sub where needed.
-    pub url: String,
+    /// `redis://host:port/db`; RESP3 is added for pub/sub where needed; a password never
+    /// reaches logs.
+    pub url: crate::secret::SecretUrl,
     /// Prefix of every key and channel, so several clusters can share one Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -241,9 +243,10 @@ fn default_key_prefix() -> String {
 
 impl Validate for RedisConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("redis://")
-            || self.url.starts_with("rediss://")
-            || self.url.starts_with("unix://"))
+        let url = self.url.expose();
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
         {
             return Err(ConfigError::key(
                 "redis.url",

@@ -15,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod ops;
 pub mod problem;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -159,11 +159,28 @@ impl Syncer {
         let mut u = Schedule::new(Kind::Underlyings, self.underlyings_every);
         let mut d = Schedule::new(Kind::Derivatives, self.derivatives_every);
         let mut known_orphans: BTreeSet<Symbol> = BTreeSet::new();
+        let requested = pricefeed_store::protocol::Keys::new(&self.prefix).sync_requested();
+        let mut redis = self.redis.clone();
         loop {
-            let wake = u.next.min(d.next);
+            // Wake at the next scheduled run, or within a second of an admin's request
+            // (`POST /api/v1/admin/sync` sets a key; a key, unlike a message, cannot be missed).
+            let wake = u
+                .next
+                .min(d.next)
+                .min(Instant::now() + std::time::Duration::from_secs(1));
             tokio::select! {
                 () = token.cancelled() => return,
                 () = tokio::time::sleep_until(wake) => {}
+            }
+            if let Ok(Some(by)) = redis::cmd("GETDEL")
+                .arg(&requested)
+                .query_async::<Option<String>>(&mut redis)
+                .await
+            {
+                tracing::info!(admin = %by, "instrument sync requested by an admin");
+                let now = Instant::now();
+                u.next = now;
+                d.next = now;
             }
             let mut resync_underlyings = false;
             // Underlyings first: derivatives reference them.

@@ -1,5 +1,6 @@
 //! Storage adapters: Postgres (source of truth) and Redis (rebuildable state).
 //!
+//! - [`alerts`]: users, refresh tokens, alerts, triggers and the delivery outbox.
 //! - [`pg`]: pool construction, migrations under an advisory lock, readiness check.
 //! - [`instruments`]: the instrument repository (underlyings and derivatives).
 //! - [`redis_conn`]: Redis connection manager and readiness check.
@@ -13,6 +14,7 @@
 //! - [`jobs`]: background jobs claimed by workers (`FOR UPDATE SKIP LOCKED` + lease + fence).
 //! - [`protocol`]: every Redis key, channel and payload of the cluster.
 
+pub mod alerts;
 pub mod assignment;
 pub mod feed;
 pub mod history;

@@ -19,12 +19,12 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(cfg.max_connections)
         .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
-        .connect(&cfg.url)
+        .connect(cfg.url.expose())
         .await
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot connect to Postgres at {} (config key `database.url`): {e}",
-                pricefeed_runtime::config::redact_url(&cfg.url)
+                cfg.url.redacted()
             )
         })
 }

@@ -29,6 +29,10 @@
 //! | `{p}:feed:{node}` | hash, TTL | node | `market:conn` → `last_frame_ms,mean_gap_ms` or `0` |
 //! | `{p}:orders:{node}` | channel | scheduler | [`ReconnectOrder`] JSON |
 //! | `{p}:reconciled` | channel | worker | [`Reconciled`] JSON after each committed step |
+//! | `{p}:alerts:changed` | channel | any node (API) | [`AlertChanged`] JSON after a create, update or delete |
+//! | `{p}:alerts:events` | channel | owning node | [`AlertEvent`] JSON after a trigger is committed |
+//! | `{p}:ratelimit:{name}:{id}:{window}` | string, TTL | any node | requests counted in a fixed window |
+//! | `{p}:sync:requested` | string, TTL | any node (admin API) | the requesting admin's id; the leader syncs within a second |
 
 use std::collections::BTreeMap;
 
@@ -132,6 +136,22 @@ impl Keys {
     // --- reconciliation ---
     pub fn reconciled(&self) -> String {
         self.k("reconciled")
+    }
+
+    // --- alerts ---
+    pub fn alerts_changed(&self) -> String {
+        self.k("alerts:changed")
+    }
+    pub fn alert_events(&self) -> String {
+        self.k("alerts:events")
+    }
+    /// Set by an admin to make the scheduler leader sync instruments now (it deletes it).
+    pub fn sync_requested(&self) -> String {
+        self.k("sync:requested")
+    }
+    /// Counter of a fixed-window rate limit (`name` = what is limited, `id` = who).
+    pub fn rate_limit(&self, name: &str, id: &str, window: i64) -> String {
+        self.k(&format!("ratelimit:{name}:{id}:{window}"))
     }
 }
 
@@ -297,6 +317,41 @@ pub struct Reconciled {
     pub through_ms: i64,
     /// The step changed stored data (inserted, corrected or removed trades).
     pub changed: bool,
+}
+
+/// `{p}:alerts:changed` message: an alert was created, changed or deleted; the node owning
+/// its instrument reloads it (and every node periodically reloads all, for lost messages).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertChanged {
+    pub alert_id: i64,
+    pub market: String,
+    pub symbol: String,
+    pub version: i64,
+}
+
+/// `{p}:alerts:events` message: a committed alert trigger, for the user's WebSocket
+/// connections on every node (the `alerts` channel of `/api/v1/stream`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AlertEvent {
+    pub user_id: i64,
+    pub alert_id: i64,
+    pub trigger_id: i64,
+    pub market: String,
+    pub symbol: String,
+    /// `above`, `crosses_down`, `vwap_above`, `move_pct`, `zscore`, …
+    pub condition: String,
+    #[schema(value_type = String)]
+    pub threshold: Decimal,
+    /// The trade that caused it.
+    pub trade_id: u64,
+    pub trade_ts: i64,
+    #[schema(value_type = String)]
+    pub price: Decimal,
+    /// What the condition compared (the price, a VWAP, a move in %, a z-score).
+    #[schema(value_type = String)]
+    pub observed: Decimal,
+    /// When the trigger was committed, ms.
+    pub triggered_at: i64,
 }
 
 #[cfg(test)]

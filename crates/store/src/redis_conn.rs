@@ -9,12 +9,12 @@ use redis::aio::ConnectionManager;
 
 /// Connects and checks the server answers.
 pub async fn connect(cfg: &RedisConfig) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(cfg.url.as_str())
+    let client = redis::Client::open(cfg.url.expose())
         .map_err(|e| anyhow::anyhow!("config key `redis.url`: {e}"))?;
     let mut cm = ConnectionManager::new(client).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to Redis at {} (config key `redis.url`): {e}",
-            pricefeed_runtime::config::redact_url(&cfg.url)
+            cfg.url.redacted()
         )
     })?;
     let _: String = redis::cmd("PING").query_async(&mut cm).await?;

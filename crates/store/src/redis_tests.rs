@@ -25,7 +25,7 @@ async fn conn() -> ConnectionManager {
     let url = std::env::var("PRICEFEED_TEST_REDIS_URL")
         .expect("PRICEFEED_TEST_REDIS_URL must be set (run ./dev test)");
     crate::redis_conn::connect(&RedisConfig {
-        url,
+        url: pricefeed_runtime::secret::SecretUrl::new(url),
         key_prefix: "unused".into(),
     })
     .await

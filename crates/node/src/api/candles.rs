@@ -3,10 +3,10 @@
 //! ([`pricefeed_store::history::read::candles`]), so no request scans raw trades over a long
 //! range. Candles without trades are omitted.
 
+use super::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::State;
 use pricefeed_domain::bucket::Span;
-use pricefeed_runtime::problem::Problem;
 use pricefeed_store::history::read;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{Q, SymbolPath, parse_interval};
-use super::vwap::{check_past, db_problem, known_id};
+use super::vwap::{check_past, known_id};
 use crate::ingest::connector::now_ms;
 use crate::state::AppState;
 
@@ -107,7 +107,7 @@ async fn get_candles(
     State(st): State<AppState>,
     sym: SymbolPath,
     Q(q): Q<CandleParams>,
-) -> Result<Json<CandlesDto>, Problem> {
+) -> ApiResult<Json<CandlesDto>> {
     let key = sym.key(q.market.as_deref())?;
     let span = parse_interval(
         "interval",
@@ -123,13 +123,13 @@ async fn get_candles(
         check_past(&st, "to", to_raw, now)?;
     }
     if from_raw > to_raw {
-        return Err(Problem::bad_request("from", "from must not be after to"));
+        return Err(ApiError::param("from", "from must not be after to"));
     }
     let from = span.floor(from_raw);
     let to = span.floor(to_raw) + span.ms();
     let n = (to - from) / span.ms();
     if n > MAX_CANDLES {
-        return Err(Problem::bad_request(
+        return Err(ApiError::param(
             "from",
             format!(
                 "the range holds {n} candles of {span}, more than {MAX_CANDLES}; narrow it or use a longer interval"
@@ -137,10 +137,8 @@ async fn get_candles(
         ));
     }
     let inst = known_id(&st, &key).await?;
-    let mut conn = st.db.acquire().await.map_err(db_problem)?;
-    let cs = read::candles(&mut conn, inst, span, from, to)
-        .await
-        .map_err(db_problem)?;
+    let mut conn = st.db.acquire().await?;
+    let cs = read::candles(&mut conn, inst, span, from, to).await?;
     Ok(Json(CandlesDto {
         market: key.market().as_str().to_string(),
         symbol: key.symbol_str().to_string(),

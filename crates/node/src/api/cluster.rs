@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::error::ApiResult;
 use axum::Json;
 use axum::extract::State;
-use pricefeed_runtime::problem::Problem;
 use pricefeed_store::lease;
 use pricefeed_store::registry::Registry;
 use serde::Serialize;
@@ -106,10 +106,8 @@ fn summary(all: &[InstrumentLag]) -> ReconcileSummary {
         (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     )
 )]
-async fn reconcile(State(st): State<AppState>) -> Result<Json<Vec<InstrumentLag>>, Problem> {
-    let rows = pricefeed_store::history::read::reconcile_lags(&st.db)
-        .await
-        .map_err(super::vwap::db_problem)?;
+async fn reconcile(State(st): State<AppState>) -> ApiResult<Json<Vec<InstrumentLag>>> {
+    let rows = pricefeed_store::history::read::reconcile_lags(&st.db).await?;
     Ok(Json(lags(rows)))
 }
 
@@ -189,27 +187,16 @@ fn feed_summary(st: &AppState) -> FeedSummary {
         (status = 503, description = "Redis or Postgres unavailable", content_type = "application/problem+json"),
     )
 )]
-async fn cluster(State(st): State<AppState>) -> Result<Json<ClusterView>, Problem> {
+async fn cluster(State(st): State<AppState>) -> ApiResult<Json<ClusterView>> {
     let view = st.slices.borrow().clone();
-    let unavailable = |what: &str, e: String| {
-        tracing::warn!(error = %e, "cluster view: {what} unavailable");
-        Problem::unavailable(format!("{what} unavailable"))
-    };
     let mut redis = st.redis.clone();
     let listed = Registry::new(st.redis.clone(), &st.key_prefix)
         .list()
-        .await
-        .map_err(|e| unavailable("redis", e.to_string()))?;
-    let leader = lease::current(&mut redis, &st.key_prefix)
-        .await
-        .map_err(|e| unavailable("redis", e.to_string()))?;
-    let symbols = pricefeed_store::instruments::tradable_symbols(&st.db)
-        .await
-        .map_err(|e| unavailable("postgres", e.to_string()))?;
+        .await?;
+    let leader = lease::current(&mut redis, &st.key_prefix).await?;
+    let symbols = pricefeed_store::instruments::tradable_symbols(&st.db).await?;
     let reconcile = summary(&lags(
-        pricefeed_store::history::read::reconcile_lags(&st.db)
-            .await
-            .map_err(|e| unavailable("postgres", e.to_string()))?,
+        pricefeed_store::history::read::reconcile_lags(&st.db).await?,
     ));
 
     let (dead_after, sizes, owned): (u64, BTreeMap<String, usize>, BTreeSet<_>) =

@@ -2,11 +2,11 @@
 //! input and never map extractor errors themselves; plus the instrument parameters every
 //! market-data route shares.
 
+use super::error::{ApiError, ApiResult};
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use pricefeed_domain::bucket::Span;
 use pricefeed_domain::instrument::{InstrumentKey, Market, Symbol};
-use pricefeed_runtime::problem::Problem;
 use serde::de::DeserializeOwned;
 
 /// `Query<T>` with a problem+json rejection (400, `param` = the offending parameter).
@@ -18,7 +18,7 @@ where
     T: DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = Problem;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Query::<T>::from_request_parts(parts, state)
@@ -33,31 +33,31 @@ where
 pub struct SymbolPath(pub Symbol);
 
 impl<S: Send + Sync> FromRequestParts<S> for SymbolPath {
-    type Rejection = Problem;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|e| Problem::bad_request("symbol", e.body_text()))?;
+            .map_err(|e| ApiError::param("symbol", e.body_text()))?;
         Symbol::parse(&raw)
             .map(SymbolPath)
-            .map_err(|e| Problem::bad_request("symbol", e.to_string()))
+            .map_err(|e| ApiError::param("symbol", e.to_string()))
     }
 }
 
 impl SymbolPath {
     /// The instrument key on `market` (default spot).
-    pub fn key(&self, market: Option<&str>) -> Result<InstrumentKey, Problem> {
+    pub fn key(&self, market: Option<&str>) -> ApiResult<InstrumentKey> {
         Ok(InstrumentKey::new(parse_market(market)?, &self.0))
     }
 }
 
 /// `market` parameter: `spot` (default), `usdm`, `options`.
-pub fn parse_market(m: Option<&str>) -> Result<Market, Problem> {
+pub fn parse_market(m: Option<&str>) -> ApiResult<Market> {
     match m {
         None => Ok(Market::Spot),
         Some(s) => Market::parse(s)
-            .ok_or_else(|| Problem::bad_request("market", "market must be spot, usdm or options")),
+            .ok_or_else(|| ApiError::param("market", "market must be spot, usdm or options")),
     }
 }
 
@@ -67,7 +67,7 @@ pub fn parse_interval(
     raw: Option<&str>,
     default: Span,
     allowed: &[Span],
-) -> Result<Span, Problem> {
+) -> ApiResult<Span> {
     let Some(raw) = raw else {
         return Ok(default);
     };
@@ -80,9 +80,9 @@ pub fn parse_interval(
     };
     let span: Span = raw
         .parse()
-        .map_err(|_| Problem::bad_request(param, format!("{param} must be one of {}", list())))?;
+        .map_err(|_| ApiError::param(param, format!("{param} must be one of {}", list())))?;
     if !allowed.contains(&span) {
-        return Err(Problem::bad_request(
+        return Err(ApiError::param(
             param,
             format!("{param} must be one of {}", list()),
         ));

@@ -3,13 +3,13 @@
 //! Instrument metadata comes from Postgres; lists are keyset-paginated by symbol (`cursor` is the
 //! last symbol of the previous page), so pages stay stable while instruments are being listed.
 
+use super::error::{ApiError, ApiResult};
+use super::extract::Q;
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use pricefeed_domain::instrument::{
     Derivative, DerivativeKind, InstrumentKey, Market, Symbol, Underlying,
 };
-use pricefeed_runtime::problem::Problem;
 use pricefeed_store::instruments::{self, DerivativeFilter};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -17,8 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::page_limit;
 use super::prices::{PriceDto, lookup};
-use super::{page_limit, query_problem};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -116,7 +116,7 @@ fn derivative_dto(d: Derivative, listed: bool) -> DerivativeDto {
 }
 
 /// Fills the `price` of underlyings (spot keys) in one lookup.
-async fn with_underlying_prices(st: &AppState, items: &mut [UnderlyingDto]) -> Result<(), Problem> {
+async fn with_underlying_prices(st: &AppState, items: &mut [UnderlyingDto]) -> ApiResult<()> {
     let keys: Vec<InstrumentKey> = items
         .iter()
         .filter_map(|u| Symbol::parse(&u.symbol).ok())
@@ -133,7 +133,7 @@ async fn with_underlying_prices(st: &AppState, items: &mut [UnderlyingDto]) -> R
 
 /// Fills the `price` of derivatives (keyed by their own market) in one lookup; a derivative of a
 /// market this build does not know keeps a null price.
-async fn with_derivative_prices(st: &AppState, items: &mut [DerivativeDto]) -> Result<(), Problem> {
+async fn with_derivative_prices(st: &AppState, items: &mut [DerivativeDto]) -> ApiResult<()> {
     let keyed: Vec<(usize, InstrumentKey)> = items
         .iter()
         .enumerate()
@@ -170,8 +170,8 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-fn path_symbol(s: &str) -> Result<Symbol, Problem> {
-    Symbol::parse(s).map_err(|e| Problem::bad_request("symbol", e.to_string()))
+fn path_symbol(s: &str) -> ApiResult<Symbol> {
+    Symbol::parse(s).map_err(|e| ApiError::param("symbol", e.to_string()))
 }
 
 /// Underlyings, ordered by symbol.
@@ -182,13 +182,12 @@ fn path_symbol(s: &str) -> Result<Symbol, Problem> {
     ))]
 async fn list_underlyings(
     State(st): State<AppState>,
-    q: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Page<UnderlyingDto>>, Problem> {
-    let Query(q) = q.map_err(query_problem)?;
+    Q(q): Q<ListParams>,
+) -> ApiResult<Json<Page<UnderlyingDto>>> {
     let limit = page_limit(q.limit)?;
     let rows = instruments::list_underlyings(&st.db, q.cursor.as_deref(), limit)
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(ApiError::from)?;
     let mut items: Vec<UnderlyingDto> = rows
         .into_iter()
         .map(|r| underlying_dto(r.inner, r.delisted_at.is_none()))
@@ -210,13 +209,16 @@ async fn list_underlyings(
 async fn get_underlying(
     State(st): State<AppState>,
     Path(symbol): Path<String>,
-) -> Result<Json<UnderlyingDetail>, Problem> {
+) -> ApiResult<Json<UnderlyingDetail>> {
     let symbol = path_symbol(&symbol)?;
     let Some(row) = instruments::get_underlying(&st.db, &symbol)
         .await
-        .map_err(|e| Problem::internal(&e))?
+        .map_err(ApiError::from)?
     else {
-        return Err(Problem::not_found(format!("unknown underlying {symbol}")));
+        return Err(ApiError::not_found(
+            "not-found",
+            format!("unknown underlying {symbol}"),
+        ));
     };
     let derivs = instruments::list_derivatives(
         &st.db,
@@ -227,7 +229,7 @@ async fn get_underlying(
         },
     )
     .await
-    .map_err(|e| Problem::internal(&e))?;
+    .map_err(ApiError::from)?;
     let mut underlying = [underlying_dto(row.inner, row.delisted_at.is_none())];
     with_underlying_prices(&st, &mut underlying).await?;
     let mut derivatives: Vec<DerivativeDto> = derivs
@@ -268,21 +270,20 @@ pub struct DerivativeParams {
     ))]
 async fn list_derivatives(
     State(st): State<AppState>,
-    q: Result<Query<DerivativeParams>, QueryRejection>,
-) -> Result<Json<Page<DerivativeDto>>, Problem> {
-    let Query(q) = q.map_err(query_problem)?;
+    Q(q): Q<DerivativeParams>,
+) -> ApiResult<Json<Page<DerivativeDto>>> {
     let limit = page_limit(q.limit)?;
     let underlying = q
         .underlying
         .as_deref()
-        .map(|s| Symbol::parse(s).map_err(|e| Problem::bad_request("underlying", e.to_string())))
+        .map(|s| Symbol::parse(s).map_err(|e| ApiError::param("underlying", e.to_string())))
         .transpose()?;
     let kind = q
         .kind
         .as_deref()
         .map(|k| {
             DerivativeKind::parse(k).ok_or_else(|| {
-                Problem::bad_request("kind", "kind must be one of perpetual, future, option")
+                ApiError::param("kind", "kind must be one of perpetual, future, option")
             })
         })
         .transpose()?;
@@ -297,7 +298,7 @@ async fn list_derivatives(
         },
     )
     .await
-    .map_err(|e| Problem::internal(&e))?;
+    .map_err(ApiError::from)?;
     let mut items: Vec<DerivativeDto> = rows
         .into_iter()
         .map(|r| derivative_dto(r.inner, r.delisted_at.is_none()))

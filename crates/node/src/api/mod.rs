@@ -5,6 +5,7 @@
 
 pub mod candles;
 pub mod cluster;
+pub mod error;
 pub mod extract;
 pub mod ingest;
 pub mod instruments;
@@ -15,15 +16,35 @@ pub mod vwap;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use pricefeed_runtime::problem::Problem;
+use error::{ApiError, ApiResult};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::state::AppState;
 
+/// Declares the bearer-token scheme the authenticated routes refer to.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerAuth),
     info(
         title = "pricefeed API",
         version = "1",
@@ -36,6 +57,8 @@ use crate::state::AppState;
         (name = "prices", description = "Latest trades and candles"),
         (name = "vwap", description = "Rolling VWAP: latest, as of a time, history"),
         (name = "stats", description = "24 h statistics and volatility rank"),
+        (name = "accounts", description = "Registration, tokens, admin"),
+        (name = "alerts", description = "Price and anomaly alerts and their notifications"),
         (name = "cluster", description = "Nodes and their state"),
     )
 )]
@@ -53,7 +76,9 @@ pub fn router(state: AppState) -> Router {
                 .merge(prices::router())
                 .merge(candles::router())
                 .merge(vwap::router())
-                .merge(stats::router()),
+                .merge(stats::router())
+                .merge(crate::auth::api::router())
+                .merge(crate::alerts::api::router()),
         )
         .split_for_parts();
     let api = api.with_state(state);
@@ -62,7 +87,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Maps a query-string rejection to a 400 problem naming the parameter where axum tells us.
-pub(crate) fn query_problem(e: QueryRejection) -> Problem {
+pub(crate) fn query_problem(e: QueryRejection) -> ApiError {
     let text = e.body_text();
     // serde_urlencoded messages look like "...query string: limit: invalid digit" or
     // "...unknown field `foo`, expected ..."; name the parameter when we can find it.
@@ -78,17 +103,14 @@ pub(crate) fn query_problem(e: QueryRejection) -> Problem {
         })
         .unwrap_or("query")
         .to_string();
-    Problem::bad_request(&param, text)
+    ApiError::param(&param, text)
 }
 
 /// Page size: `limit` ≤ 500, default 100.
-pub(crate) fn page_limit(limit: Option<u32>) -> Result<i64, Problem> {
+pub(crate) fn page_limit(limit: Option<u32>) -> ApiResult<i64> {
     match limit {
         None => Ok(100),
         Some(l @ 1..=500) => Ok(i64::from(l)),
-        Some(_) => Err(Problem::bad_request(
-            "limit",
-            "limit must be between 1 and 500",
-        )),
+        Some(_) => Err(ApiError::param("limit", "limit must be between 1 and 500")),
     }
 }

@@ -9,19 +9,17 @@
 //! Postgres, to tell an unknown instrument from one that has not traded yet: both are 404, with
 //! different problem types (`unknown-instrument`, `no-trade-yet`) so clients can tell them apart.
 
+use super::error::{ApiError, ApiResult};
+use super::extract::Q;
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, State};
 use pricefeed_domain::instrument::{InstrumentKey, Market, Symbol};
-use pricefeed_runtime::problem::Problem;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::query_problem;
 use crate::ingest::connector::now_ms;
 use crate::ingest::publish::{self, PriceDoc};
 use crate::state::AppState;
@@ -97,20 +95,17 @@ pub struct PricesDto {
     pub missing: Vec<String>,
 }
 
-fn parse_market(m: Option<&str>) -> Result<Market, Problem> {
+fn parse_market(m: Option<&str>) -> ApiResult<Market> {
     match m {
         None => Ok(Market::Spot),
         Some(s) => Market::parse(s)
-            .ok_or_else(|| Problem::bad_request("market", "market must be spot, usdm or options")),
+            .ok_or_else(|| ApiError::param("market", "market must be spot, usdm or options")),
     }
 }
 
 /// Latest prices of `keys`, in order: local state for instruments this node ingests, then the
 /// [`crate::price_cache`], then one Redis HMGET for the misses (stored in the cache).
-pub async fn lookup(
-    st: &AppState,
-    keys: &[InstrumentKey],
-) -> Result<Vec<Option<PriceDto>>, Problem> {
+pub async fn lookup(st: &AppState, keys: &[InstrumentKey]) -> ApiResult<Vec<Option<PriceDto>>> {
     let now = now_ms();
     let mut out: Vec<Option<PriceDto>> = Vec::with_capacity(keys.len());
     let mut remote: Vec<usize> = Vec::new();
@@ -137,9 +132,7 @@ pub async fn lookup(
         let ticket = st.prices.read_ticket();
         let ks: Vec<InstrumentKey> = remote.iter().map(|&i| keys[i].clone()).collect();
         let mut redis = st.redis.clone();
-        let docs = publish::read_prices(&mut redis, &st.key_prefix, &ks)
-            .await
-            .map_err(redis_problem)?;
+        let docs = publish::read_prices(&mut redis, &st.key_prefix, &ks).await?;
         for (i, d) in remote.into_iter().zip(docs) {
             if let Some(d) = d {
                 st.prices.store_read(ticket, &d);
@@ -152,7 +145,7 @@ pub async fn lookup(
 
 /// [`lookup`] of one key, without the per-request vectors: node-local state, then the cache
 /// (no allocation beyond the response body on a hit), then one Redis `HGET`.
-pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> Result<Option<PriceDto>, Problem> {
+pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> ApiResult<Option<PriceDto>> {
     let now = now_ms();
     let local = st.ingest.core.lock().unwrap().latest(key);
     if let Some(l) = local {
@@ -163,18 +156,11 @@ pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> Result<Option<Pri
     }
     let ticket = st.prices.read_ticket();
     let mut redis = st.redis.clone();
-    let doc = publish::read_price(&mut redis, &st.key_prefix, key)
-        .await
-        .map_err(redis_problem)?;
+    let doc = publish::read_price(&mut redis, &st.key_prefix, key).await?;
     Ok(doc.map(|d| {
         st.prices.store_read(ticket, &d);
         PriceDto::from_doc(d, now)
     }))
-}
-
-fn redis_problem(e: redis::RedisError) -> Problem {
-    tracing::warn!(error = %e, "price lookup: redis unavailable");
-    Problem::unavailable("redis unavailable")
 }
 
 /// Latest trade of one instrument.
@@ -189,31 +175,24 @@ fn redis_problem(e: redis::RedisError) -> Problem {
 async fn get_price(
     State(st): State<AppState>,
     Path(symbol): Path<String>,
-    q: Result<Query<MarketParam>, QueryRejection>,
-) -> Result<Json<PriceDto>, Problem> {
-    let Query(q) = q.map_err(query_problem)?;
+    Q(q): Q<MarketParam>,
+) -> ApiResult<Json<PriceDto>> {
     let market = parse_market(q.market.as_deref())?;
-    let symbol =
-        Symbol::parse(&symbol).map_err(|e| Problem::bad_request("symbol", e.to_string()))?;
+    let symbol = Symbol::parse(&symbol).map_err(|e| ApiError::param("symbol", e.to_string()))?;
     let key = InstrumentKey::new(market, &symbol);
     if let Some(p) = lookup_one(&st, &key).await? {
         return Ok(Json(p));
     }
     let known = pricefeed_store::instruments::instrument_exists(&st.db, &key)
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(ApiError::from)?;
     Err(if known {
-        Problem::new(
-            StatusCode::NOT_FOUND,
+        ApiError::not_found(
             "no-trade-yet",
             format!("{key} is listed but no trade has been seen yet"),
         )
     } else {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "unknown-instrument",
-            format!("unknown instrument {key}"),
-        )
+        ApiError::not_found("unknown-instrument", format!("unknown instrument {key}"))
     })
 }
 
@@ -226,9 +205,8 @@ async fn get_price(
     ))]
 async fn get_prices(
     State(st): State<AppState>,
-    q: Result<Query<BatchParams>, QueryRejection>,
-) -> Result<Json<PricesDto>, Problem> {
-    let Query(q) = q.map_err(query_problem)?;
+    Q(q): Q<BatchParams>,
+) -> ApiResult<Json<PricesDto>> {
     let market = parse_market(q.market.as_deref())?;
     let mut keys = Vec::new();
     for s in q
@@ -237,14 +215,14 @@ async fn get_prices(
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        let sym = Symbol::parse(s).map_err(|e| Problem::bad_request("symbols", e.to_string()))?;
+        let sym = Symbol::parse(s).map_err(|e| ApiError::param("symbols", e.to_string()))?;
         let k = InstrumentKey::new(market, &sym);
         if !keys.contains(&k) {
             keys.push(k);
         }
     }
     if keys.is_empty() || keys.len() > MAX_BATCH {
-        return Err(Problem::bad_request(
+        return Err(ApiError::param(
             "symbols",
             format!("symbols must list between 1 and {MAX_BATCH} symbols"),
         ));

@@ -8,9 +8,9 @@
 //! key, descending (Redis' order for equal scores). Both reads are a few Redis commands on
 //! whichever node answers.
 
+use super::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::State;
-use pricefeed_runtime::problem::Problem;
 use pricefeed_store::protocol::StatsDoc;
 use redis::aio::ConnectionManager;
 use rust_decimal::Decimal;
@@ -89,11 +89,6 @@ fn dto(d: StatsDoc, rank: Option<RankDto>) -> StatsDto {
     }
 }
 
-fn redis_problem(e: redis::RedisError) -> Problem {
-    tracing::warn!(error = %e, "stats: redis unavailable");
-    Problem::unavailable("redis unavailable")
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -116,19 +111,18 @@ async fn get_stats(
     State(st): State<AppState>,
     sym: SymbolPath,
     Q(q): Q<StatsParams>,
-) -> Result<Json<StatsDto>, Problem> {
+) -> ApiResult<Json<StatsDto>> {
     let key = sym.key(q.market.as_deref())?;
     let mut redis = st.redis.clone();
     let raw: Option<String> = redis::cmd("HGET")
         .arg(st.keys.stats())
         .arg(key.as_str())
         .query_async(&mut redis)
-        .await
-        .map_err(redis_problem)?;
+        .await?;
     let Some(doc) = raw.and_then(|s| serde_json::from_str::<StatsDoc>(&s).ok()) else {
         let listed = pricefeed_store::instruments::instrument_exists(&st.db, &key)
             .await
-            .map_err(|e| Problem::internal(&e))?;
+            .map_err(ApiError::from)?;
         return Err(not_found(listed, &key, "statistics"));
     };
     let rank = rank_of(&mut redis, &st, key.as_str(), &doc.group).await?;
@@ -140,7 +134,7 @@ async fn rank_of(
     st: &AppState,
     field: &str,
     group: &str,
-) -> Result<Option<RankDto>, Problem> {
+) -> ApiResult<Option<RankDto>> {
     if group.is_empty() {
         return Ok(None);
     }
@@ -151,8 +145,7 @@ async fn rank_of(
         .cmd("ZCARD")
         .arg(st.keys.rank(group))
         .query_async(redis)
-        .await
-        .map_err(redis_problem)?;
+        .await?;
     Ok(pos.map(|p| RankDto {
         position: p + 1,
         of,
@@ -203,17 +196,17 @@ pub struct RankingDto {
 async fn list_stats(
     State(st): State<AppState>,
     Q(q): Q<RankingParams>,
-) -> Result<Json<RankingDto>, Problem> {
+) -> ApiResult<Json<RankingDto>> {
     let market = parse_market(q.market.as_deref())?;
     let quote = q.group.as_deref().unwrap_or("USDT");
     if quote.is_empty() || quote.len() > 20 || !quote.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(Problem::bad_request(
+        return Err(ApiError::param(
             "group",
             "group must be a quote asset such as USDT",
         ));
     }
     if q.order.as_deref().is_some_and(|o| o != "stddev") {
-        return Err(Problem::bad_request("order", "order must be stddev"));
+        return Err(ApiError::param("order", "order must be stddev"));
     }
     let limit = page_limit(q.limit)?;
     let offset: i64 = match q.cursor.as_deref() {
@@ -222,7 +215,7 @@ async fn list_stats(
             .parse()
             .ok()
             .filter(|o| (0..1_000_000_000).contains(o))
-            .ok_or_else(|| Problem::bad_request("cursor", "cursor must come from next_cursor"))?,
+            .ok_or_else(|| ApiError::param("cursor", "cursor must come from next_cursor"))?,
     };
     let group = format!("{market}:{}", quote.to_ascii_uppercase());
     let mut redis = st.redis.clone();
@@ -234,8 +227,7 @@ async fn list_stats(
         .cmd("ZCARD")
         .arg(st.keys.rank(&group))
         .query_async(&mut redis)
-        .await
-        .map_err(redis_problem)?;
+        .await?;
     let docs: Vec<Option<String>> = if members.is_empty() {
         Vec::new()
     } else {
@@ -243,8 +235,7 @@ async fn list_stats(
             .arg(st.keys.stats())
             .arg(&members)
             .query_async(&mut redis)
-            .await
-            .map_err(redis_problem)?
+            .await?
     };
     let mut items = Vec::with_capacity(members.len());
     for (i, raw) in docs.into_iter().enumerate() {

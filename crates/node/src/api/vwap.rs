@@ -11,13 +11,12 @@
 //! - **History**: the stored points (one per `vwap.history_cadence`, written by reconciliation)
 //!   plus, after the last stored one, points computed the same way from the unconfirmed tail.
 
+use super::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use pricefeed_domain::bucket::Span;
 use pricefeed_domain::instrument::InstrumentKey;
 use pricefeed_domain::trade::EARLIEST_TRADE_MS;
-use pricefeed_runtime::problem::Problem;
 use pricefeed_store::history::read::{self, window_sums};
 use pricefeed_store::protocol::{VwapDoc, vwap_field};
 use rust_decimal::Decimal;
@@ -59,47 +58,36 @@ pub struct VwapParams {
     market: Option<String>,
 }
 
-pub(crate) fn not_found(st_known: bool, key: &InstrumentKey, what: &str) -> Problem {
+pub(crate) fn not_found(st_known: bool, key: &InstrumentKey, what: &str) -> ApiError {
     if st_known {
-        Problem::new(
-            StatusCode::NOT_FOUND,
+        ApiError::not_found(
             "no-data-yet",
             format!("{key} is listed but has no {what} yet"),
         )
     } else {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "unknown-instrument",
-            format!("unknown instrument {key}"),
-        )
+        ApiError::not_found("unknown-instrument", format!("unknown instrument {key}"))
     }
 }
 
 /// The history id of a listed instrument; 404 for an unknown one.
-pub(crate) async fn known_id(st: &AppState, key: &InstrumentKey) -> Result<i32, Problem> {
+pub(crate) async fn known_id(st: &AppState, key: &InstrumentKey) -> ApiResult<i32> {
     let listed = pricefeed_store::instruments::instrument_exists(&st.db, key)
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(ApiError::from)?;
     if !listed {
         return Err(not_found(false, key, ""));
     }
-    st.ids
-        .id_of(&st.db, key)
-        .await
-        .map_err(|e| Problem::internal(&e))
+    st.ids.id_of(&st.db, key).await.map_err(ApiError::from)
 }
 
 /// Checks a past time `param` against now and the bucket retention.
-pub(crate) fn check_past(st: &AppState, param: &str, t: i64, now: i64) -> Result<(), Problem> {
+pub(crate) fn check_past(st: &AppState, param: &str, t: i64, now: i64) -> ApiResult<()> {
     if t > now {
-        return Err(Problem::bad_request(
-            param,
-            format!("{param} is in the future"),
-        ));
+        return Err(ApiError::param(param, format!("{param} is in the future")));
     }
     let oldest = now - i64::from(st.retention.buckets_days) * Span::DAY.ms();
     if t < oldest.max(EARLIEST_TRADE_MS) {
-        return Err(Problem::bad_request(
+        return Err(ApiError::param(
             param,
             format!(
                 "{param} is older than the {} days history is kept",
@@ -123,7 +111,7 @@ async fn get_vwap(
     State(st): State<AppState>,
     sym: SymbolPath,
     Q(q): Q<VwapParams>,
-) -> Result<Json<VwapDoc>, Problem> {
+) -> ApiResult<Json<VwapDoc>> {
     let key = sym.key(q.market.as_deref())?;
     let interval = parse_interval(
         "interval",
@@ -142,7 +130,7 @@ async fn get_vwap(
     }
 }
 
-async fn latest(st: &AppState, key: &InstrumentKey, interval: Span) -> Result<VwapDoc, Problem> {
+async fn latest(st: &AppState, key: &InstrumentKey, interval: Span) -> ApiResult<VwapDoc> {
     let field = vwap_field(key, &interval.to_string());
     if let Some(d) = st.vwaps.get(&field) {
         return Ok(d);
@@ -153,18 +141,14 @@ async fn latest(st: &AppState, key: &InstrumentKey, interval: Span) -> Result<Vw
         .arg(st.keys.vwap())
         .arg(&field)
         .query_async(&mut redis)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "vwap lookup: redis unavailable");
-            Problem::unavailable("redis unavailable")
-        })?;
+        .await?;
     if let Some(d) = raw.and_then(|s| serde_json::from_str::<VwapDoc>(&s).ok()) {
         st.vwaps.store_read(ticket, &d);
         return Ok(d);
     }
     let listed = pricefeed_store::instruments::instrument_exists(&st.db, key)
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(ApiError::from)?;
     Err(not_found(listed, key, "VWAP"))
 }
 
@@ -174,14 +158,12 @@ async fn as_of(
     inst: i32,
     interval: Span,
     at: i64,
-) -> Result<VwapDoc, Problem> {
-    let mut conn = st.db.acquire().await.map_err(db_problem)?;
-    let h = read::horizon(&mut conn, inst).await.map_err(db_problem)?;
+) -> ApiResult<VwapDoc> {
+    let mut conn = st.db.acquire().await?;
+    let h = read::horizon(&mut conn, inst).await?;
     let raw_from = st.retention.raw_from_ms(now_ms());
     let start = at - interval.ms();
-    let w = window_sums(&mut conn, inst, start, at, h, raw_from)
-        .await
-        .map_err(db_problem)?;
+    let w = window_sums(&mut conn, inst, start, at, h, raw_from).await?;
     // Without the raw trades of the edges (past retention) the window is its whole seconds.
     let (ws, we) = if w.edges_exact {
         (start, at)
@@ -196,16 +178,6 @@ async fn as_of(
         we,
         w.validated && w.edges_exact,
     ))
-}
-
-pub(crate) fn db_problem(e: sqlx::Error) -> Problem {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            tracing::warn!(error = %e, "postgres unavailable");
-            Problem::unavailable("postgres unavailable")
-        }
-        e => Problem::internal(&e),
-    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -264,7 +236,7 @@ async fn get_vwap_history(
     State(st): State<AppState>,
     sym: SymbolPath,
     Q(q): Q<VwapHistoryParams>,
-) -> Result<Json<VwapHistoryDto>, Problem> {
+) -> ApiResult<Json<VwapHistoryDto>> {
     let key = sym.key(q.market.as_deref())?;
     let interval = parse_interval(
         "interval",
@@ -280,19 +252,17 @@ async fn get_vwap_history(
         check_past(&st, "to", to, now)?;
     }
     if from > to {
-        return Err(Problem::bad_request("from", "from must not be after to"));
+        return Err(ApiError::param("from", "from must not be after to"));
     }
     let cadence = st.vwap.history_cadence;
     if (to - from) / cadence.ms() > MAX_POINTS {
-        return Err(Problem::bad_request(
+        return Err(ApiError::param(
             "from",
             format!("the range holds more than {MAX_POINTS} points; narrow it"),
         ));
     }
     let inst = known_id(&st, &key).await?;
-    let stored = read::vwap_history(&st.db, inst, interval, from, to)
-        .await
-        .map_err(db_problem)?;
+    let stored = read::vwap_history(&st.db, inst, interval, from, to).await?;
     let mut points: Vec<VwapPointDto> = stored
         .into_iter()
         .map(|p| VwapPointDto {
@@ -313,14 +283,12 @@ async fn get_vwap_history(
     let last_end = cadence.floor(to);
     let first = first_missing.max(last_end - (MAX_PROVISIONAL - 1) * cadence.ms());
     if first <= last_end {
-        let mut conn = st.db.acquire().await.map_err(db_problem)?;
-        let h = read::horizon(&mut conn, inst).await.map_err(db_problem)?;
+        let mut conn = st.db.acquire().await?;
+        let h = read::horizon(&mut conn, inst).await?;
         let raw_from = st.retention.raw_from_ms(now);
         let mut end = first;
         while end <= last_end {
-            let w = window_sums(&mut conn, inst, end - interval.ms(), end, h, raw_from)
-                .await
-                .map_err(db_problem)?;
+            let w = window_sums(&mut conn, inst, end - interval.ms(), end, h, raw_from).await?;
             points.push(VwapPointDto {
                 end,
                 vwap: w.sums.vwap(),

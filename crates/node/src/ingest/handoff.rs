@@ -47,6 +47,12 @@ pub trait Consumer: Any + Send {
     /// `key` left the slice; `slot` may be reused for another instrument afterwards.
     fn lost(&mut self, _slot: usize, _key: &InstrumentKey) {}
 
+    /// Whether the latest price of `slot` must not reach Redis yet (its trades' consequences
+    /// are not durable yet; see the alert consumer). Held prices go out with a later flush.
+    fn holds_flush(&self, _slot: usize) -> bool {
+        false
+    }
+
     /// For [`super::state::Core::consumer_mut`].
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }

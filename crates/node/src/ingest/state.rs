@@ -436,8 +436,9 @@ impl Core {
     /// Takes everything the flush task must write, clearing dirty flags and deltas.
     pub fn take_flush(&mut self) -> FlushBatch {
         let mut entries = std::mem::take(&mut self.released_entries);
+        let consumers = &self.consumers;
         for i in self.markets.iter_mut().flat_map(|m| m.values_mut()) {
-            if i.dirty || i.unflushed > 0 {
+            if (i.dirty || i.unflushed > 0) && !consumers.iter().any(|c| c.holds_flush(i.slot)) {
                 entries.push(FlushEntry {
                     key: i.key.clone(),
                     latest: i.dirty.then_some(i.latest).flatten(),

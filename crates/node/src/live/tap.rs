@@ -88,6 +88,11 @@ impl LiveTap {
             .filter(|s| s.generation == generation)
     }
 
+    /// Slot `slot`, whatever its generation.
+    pub fn slot_ref(&self, slot: usize) -> Option<&Slot> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
     pub fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().flatten()
     }

@@ -1,0 +1,540 @@
+//! `/api/v1/alerts…`: create, list, read, change and delete the caller's alerts, and read their
+//! triggers with the delivery state of each channel. Every route needs a bearer token and sees
+//! only the caller's alerts (another user's id is a 404).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use pricefeed_domain::alert::{Condition, Kind, Rearm};
+use pricefeed_domain::bucket::Span;
+use pricefeed_domain::instrument::{InstrumentKey, Symbol};
+use pricefeed_store::alerts::{self as store, Alert, AlertError, AlertInput};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::{Q, parse_market};
+use crate::api::page_limit;
+use crate::auth::extract::{AuthUser, JsonBody};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, patch, delete))
+        .routes(routes!(notifications))
+}
+
+/// Re-arming after a firing (omit for a one-shot alert).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RearmDto {
+    /// At least this long between two firings, ms (1 000 to 30 days).
+    #[schema(minimum = 1000, maximum = 2592000000_u64, example = 600000)]
+    pub cooldown_ms: u64,
+    /// The watched value must first go back past the threshold by this percentage (0-50).
+    #[schema(value_type = String, example = "0.5")]
+    pub hysteresis_pct: Decimal,
+}
+
+/// A new alert.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAlert {
+    #[schema(example = "BTCUSDT")]
+    pub symbol: String,
+    /// `spot` (default), `usdm` or `options`.
+    #[schema(example = "spot")]
+    pub market: Option<String>,
+    /// `above`, `below`, `crosses_up`, `crosses_down` (last price); `vwap_above`,
+    /// `vwap_below` (rolling VWAP of `interval`); `move_pct` (a move of at least `threshold` %
+    /// within `window`); `zscore` (the price at least `threshold` standard deviations from its
+    /// 24 h mean).
+    #[schema(value_type = String, example = "above")]
+    pub condition: Kind,
+    /// Price or VWAP level; percent for `move_pct`; k for `zscore`.
+    #[schema(value_type = String, example = "95000")]
+    pub threshold: Decimal,
+    /// VWAP interval for `vwap_*`, e.g. `5m`.
+    #[schema(value_type = Option<String>, example = "5m")]
+    pub interval: Option<Span>,
+    /// Window for `move_pct`, e.g. `15m`.
+    #[schema(value_type = Option<String>, example = "15m")]
+    pub window: Option<Span>,
+    /// Any of `email`, `websocket` (default both).
+    pub channels: Option<Vec<String>>,
+    pub rearm: Option<RearmDto>,
+    /// Up to 200 characters, shown in the email.
+    pub note: Option<String>,
+}
+
+fn double<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Changes to an alert; omitted fields stay as they are (`rearm: null` makes it one-shot).
+/// Any change re-arms the alert.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertPatch {
+    #[schema(value_type = Option<String>)]
+    pub condition: Option<Kind>,
+    #[schema(value_type = Option<String>)]
+    pub threshold: Option<Decimal>,
+    #[serde(default, deserialize_with = "double")]
+    #[schema(value_type = Option<String>)]
+    pub interval: Option<Option<Span>>,
+    #[serde(default, deserialize_with = "double")]
+    #[schema(value_type = Option<String>)]
+    pub window: Option<Option<Span>>,
+    pub channels: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "double")]
+    pub rearm: Option<Option<RearmDto>>,
+    #[serde(default, deserialize_with = "double")]
+    pub note: Option<Option<String>>,
+    /// `active` or `paused`.
+    pub status: Option<String>,
+}
+
+/// An alert.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertDto {
+    pub id: i64,
+    pub symbol: String,
+    pub market: String,
+    #[schema(value_type = String)]
+    pub condition: Kind,
+    #[schema(value_type = String)]
+    pub threshold: Decimal,
+    #[schema(value_type = Option<String>)]
+    pub interval: Option<Span>,
+    #[schema(value_type = Option<String>)]
+    pub window: Option<Span>,
+    pub channels: Vec<String>,
+    pub rearm: Option<RearmDto>,
+    /// `active`, `paused`, or `triggered` (a one-shot alert that fired).
+    pub status: String,
+    /// Whether it may fire now (false while a re-arming alert waits to re-arm).
+    pub armed: bool,
+    pub note: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_triggered_at: Option<i64>,
+}
+
+impl From<Alert> for AlertDto {
+    fn from(a: Alert) -> Self {
+        Self {
+            id: a.id,
+            symbol: a.key.symbol_str().to_string(),
+            market: a.key.market().as_str().to_string(),
+            condition: a.condition.kind,
+            threshold: a.condition.threshold,
+            interval: a.condition.interval,
+            window: a.condition.window,
+            channels: a.channels,
+            rearm: a.rearm.map(|r| RearmDto {
+                cooldown_ms: r.cooldown_ms,
+                hysteresis_pct: r.hysteresis_pct,
+            }),
+            status: a.status,
+            armed: a.armed,
+            note: a.note,
+            created_at: a.created_at_ms,
+            updated_at: a.updated_at_ms,
+            last_triggered_at: a.last_triggered_at_ms,
+        }
+    }
+}
+
+fn input(
+    st: &AppState,
+    cond: Condition,
+    channels: Option<Vec<String>>,
+    rearm: Option<RearmDto>,
+    note: Option<String>,
+    status: &str,
+) -> ApiResult<AlertInput> {
+    cond.validate(&st.vwap.intervals)
+        .map_err(|e| ApiError::field(e.field, e.msg))?;
+    let channels =
+        channels.unwrap_or_else(|| store::CHANNELS.iter().map(|c| c.to_string()).collect());
+    if channels.is_empty()
+        || channels.len() > 2
+        || channels
+            .iter()
+            .any(|c| !store::CHANNELS.contains(&c.as_str()))
+    {
+        return Err(ApiError::field(
+            "channels",
+            "one or both of email, websocket",
+        ));
+    }
+    let mut channels = channels;
+    channels.sort();
+    channels.dedup();
+    let rearm = rearm.map(|r| Rearm {
+        cooldown_ms: r.cooldown_ms,
+        hysteresis_pct: r.hysteresis_pct,
+    });
+    if let Some(r) = &rearm {
+        r.validate().map_err(|e| ApiError::field(e.field, e.msg))?;
+    }
+    if note.as_ref().is_some_and(|n| n.chars().count() > 200) {
+        return Err(ApiError::field("note", "at most 200 characters"));
+    }
+    if !matches!(status, "active" | "paused") {
+        return Err(ApiError::field("status", "active or paused"));
+    }
+    Ok(AlertInput {
+        condition: cond,
+        channels,
+        rearm,
+        note,
+        status: status.to_string(),
+    })
+}
+
+/// Creates an alert.
+#[utoipa::path(post, path = "/alerts", tag = "alerts", request_body = NewAlert,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = AlertDto),
+        (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instrument", content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field (named)", content_type = "application/problem+json"),
+        (status = 429, description = "The user has the most alerts allowed", content_type = "application/problem+json"),
+    ))]
+async fn create(
+    State(st): State<AppState>,
+    user: AuthUser,
+    JsonBody(n): JsonBody<NewAlert>,
+) -> ApiResult<(StatusCode, Json<AlertDto>)> {
+    let symbol = Symbol::parse(&n.symbol).map_err(|e| ApiError::field("symbol", e.to_string()))?;
+    let market = parse_market(n.market.as_deref())
+        .map_err(|_| ApiError::field("market", "spot, usdm or options"))?;
+    let key = InstrumentKey::new(market, &symbol);
+    let cond = Condition {
+        kind: n.condition,
+        threshold: n.threshold,
+        interval: n.interval,
+        window: n.window,
+    };
+    let inp = input(&st, cond, n.channels, n.rearm, n.note, "active")?;
+    let inst = crate::api::vwap::known_id(&st, &key).await?;
+    let a = store::create_alert(&st.db, user.id, inst, &inp, st.alerts.max_per_user)
+        .await
+        .map_err(|e| match e {
+            AlertError::TooMany(n) => ApiError::TooManyRequests {
+                detail: format!("at most {n} alerts per user; delete one first"),
+                retry_after: None,
+            },
+            AlertError::Db(e) => e.into(),
+        })?;
+    let mut redis = st.redis.clone();
+    super::announce(&mut redis, &st.keys, &a).await;
+    Ok((StatusCode::CREATED, Json(a.into())))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// `active`, `paused` or `triggered`.
+    #[param(pattern = "^(active|paused|triggered)$")]
+    status: Option<String>,
+    /// Only alerts of this symbol (with `market`).
+    #[param(example = "BTCUSDT")]
+    symbol: Option<String>,
+    /// `spot` (default), `usdm` or `options`.
+    #[param(pattern = "^(spot|usdm|options)$")]
+    market: Option<String>,
+    /// Page size, 1-500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
+    cursor: Option<String>,
+}
+
+/// A page of alerts, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertPage {
+    pub items: Vec<AlertDto>,
+    pub next_cursor: Option<String>,
+}
+
+fn cursor(c: Option<&str>) -> ApiResult<Option<i64>> {
+    c.map(|c| {
+        c.parse::<i64>()
+            .map_err(|_| ApiError::param("cursor", "cursor must come from next_cursor"))
+    })
+    .transpose()
+}
+
+/// The caller's alerts.
+#[utoipa::path(get, path = "/alerts", tag = "alerts", params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = AlertPage),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
+    ))]
+async fn list(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Q(q): Q<ListParams>,
+) -> ApiResult<Json<AlertPage>> {
+    let limit = page_limit(q.limit)?;
+    if let Some(s) = q.status.as_deref()
+        && !matches!(s, "active" | "paused" | "triggered")
+    {
+        return Err(ApiError::param("status", "active, paused or triggered"));
+    }
+    let inst = match q.symbol.as_deref() {
+        None => None,
+        Some(s) => {
+            let sym = Symbol::parse(s).map_err(|e| ApiError::param("symbol", e.to_string()))?;
+            let key = InstrumentKey::new(parse_market(q.market.as_deref())?, &sym);
+            match st.ids.lookup(&st.db, &key).await? {
+                Some(id) => Some(id),
+                // Nobody can have alerts on an unknown instrument.
+                None => {
+                    return Ok(Json(AlertPage {
+                        items: Vec::new(),
+                        next_cursor: None,
+                    }));
+                }
+            }
+        }
+    };
+    let rows = store::list_alerts(
+        &st.db,
+        user.id,
+        q.status.as_deref(),
+        inst,
+        cursor(q.cursor.as_deref())?,
+        limit,
+    )
+    .await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|a| a.id.to_string()))
+        .flatten();
+    Ok(Json(AlertPage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor: next,
+    }))
+}
+
+fn gone(id: i64) -> ApiError {
+    ApiError::not_found("not-found", format!("no alert {id}"))
+}
+
+/// One of the caller's alerts.
+#[utoipa::path(get, path = "/alerts/{id}", tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id", minimum = 1)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = AlertDto),
+        (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
+        (status = 404, description = "No such alert of the caller", content_type = "application/problem+json"),
+    ))]
+async fn get_one(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<AlertDto>> {
+    store::alert(&st.db, user.id, id)
+        .await?
+        .map(|a| Json(a.into()))
+        .ok_or_else(|| gone(id))
+}
+
+/// Changes one of the caller's alerts (and re-arms it).
+#[utoipa::path(patch, path = "/alerts/{id}", tag = "alerts", request_body = AlertPatch,
+    params(("id" = i64, Path, description = "Alert id", minimum = 1)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = AlertDto),
+        (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
+        (status = 404, description = "No such alert of the caller", content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field (named)", content_type = "application/problem+json"),
+    ))]
+async fn patch(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+    JsonBody(p): JsonBody<AlertPatch>,
+) -> ApiResult<Json<AlertDto>> {
+    let cur = store::alert(&st.db, user.id, id)
+        .await?
+        .ok_or_else(|| gone(id))?;
+    let cond = Condition {
+        kind: p.condition.unwrap_or(cur.condition.kind),
+        threshold: p.threshold.unwrap_or(cur.condition.threshold),
+        interval: p.interval.unwrap_or(cur.condition.interval),
+        window: p.window.unwrap_or(cur.condition.window),
+    };
+    let rearm = match p.rearm {
+        Some(r) => r,
+        None => cur.rearm.map(|r| RearmDto {
+            cooldown_ms: r.cooldown_ms,
+            hysteresis_pct: r.hysteresis_pct,
+        }),
+    };
+    let status = match p.status.as_deref() {
+        Some(s) => s.to_string(),
+        // A triggered one-shot alert that is changed becomes active again.
+        None if cur.status == "triggered" => "active".into(),
+        None => cur.status.clone(),
+    };
+    let inp = input(
+        &st,
+        cond,
+        Some(p.channels.unwrap_or(cur.channels)),
+        rearm,
+        p.note.unwrap_or(cur.note),
+        &status,
+    )?;
+    let a = store::update_alert(&st.db, user.id, id, &inp)
+        .await?
+        .ok_or_else(|| gone(id))?;
+    let mut redis = st.redis.clone();
+    super::announce(&mut redis, &st.keys, &a).await;
+    Ok(Json(a.into()))
+}
+
+/// Deletes one of the caller's alerts (its trigger history goes with it).
+#[utoipa::path(delete, path = "/alerts/{id}", tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id", minimum = 1)),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
+        (status = 404, description = "No such alert of the caller", content_type = "application/problem+json"),
+    ))]
+async fn delete(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    let a = store::delete_alert(&st.db, user.id, id)
+        .await?
+        .ok_or_else(|| gone(id))?;
+    let mut redis = st.redis.clone();
+    super::announce(
+        &mut redis,
+        &st.keys,
+        &Alert {
+            version: a.version + 1,
+            ..a
+        },
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationParams {
+    /// Page size, 1-500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
+    cursor: Option<String>,
+}
+
+/// Delivery of one trigger on one channel.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDto {
+    /// `email` or `websocket`.
+    pub channel: String,
+    /// `pending`, `sent`, `dead` (given up; see `last_error`) or `suppressed` (over the hourly
+    /// email limit).
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub sent_at: Option<i64>,
+}
+
+/// One firing of an alert.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationDto {
+    pub trigger_id: i64,
+    /// The trade that caused it.
+    pub trade_id: i64,
+    pub trade_ts: i64,
+    #[schema(value_type = String)]
+    pub price: Decimal,
+    /// What the condition compared (price, VWAP, move in %, z-score).
+    #[schema(value_type = String)]
+    pub observed: Decimal,
+    pub triggered_at: i64,
+    pub deliveries: Vec<DeliveryDto>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationPage {
+    pub items: Vec<NotificationDto>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every trigger of one of the caller's alerts, newest first, with its delivery per channel.
+#[utoipa::path(get, path = "/alerts/{id}/notifications", tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id", minimum = 1), NotificationParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = NotificationPage),
+        (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
+        (status = 404, description = "No such alert of the caller", content_type = "application/problem+json"),
+    ))]
+async fn notifications(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+    Q(q): Q<NotificationParams>,
+) -> ApiResult<Json<NotificationPage>> {
+    store::alert(&st.db, user.id, id)
+        .await?
+        .ok_or_else(|| gone(id))?;
+    let limit = page_limit(q.limit)?;
+    let rows =
+        store::notifications(&st.db, user.id, id, limit, cursor(q.cursor.as_deref())?).await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|n| n.trigger_id.to_string()))
+        .flatten();
+    Ok(Json(NotificationPage {
+        items: rows
+            .into_iter()
+            .map(|n| NotificationDto {
+                trigger_id: n.trigger_id,
+                trade_id: n.trade_id,
+                trade_ts: n.trade_ts_ms,
+                price: n.price,
+                observed: n.observed,
+                triggered_at: n.triggered_at_ms,
+                deliveries: n
+                    .deliveries
+                    .into_iter()
+                    .map(|d| DeliveryDto {
+                        channel: d.channel,
+                        state: d.state,
+                        attempts: d.attempts,
+                        last_error: d.last_error,
+                        sent_at: d.sent_at_ms,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        next_cursor: next,
+    }))
+}
