@@ -148,6 +148,9 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
         - prom_sum(&m0, "pricefeed_trades_written_total");
     let refused = prom_sum(&m1, "pricefeed_trade_writer_refused_total")
         - prom_sum(&m0, "pricefeed_trade_writer_refused_total");
+    let spilled = prom_sum(&m1, "pricefeed_trade_writer_spilled_rows_total")
+        - prom_sum(&m0, "pricefeed_trade_writer_spilled_rows_total");
+    let queued_end = prom_sum(&m1, "pricefeed_trade_writer_queue_rows");
 
     // Loss: take the simulator's next id of each load symbol, give the node 1 s to catch up,
     // then every id from the first accepted up to that point must have been accepted exactly
@@ -240,8 +243,8 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
             (rcpu1 - rcpu0) / secs * 100.0
         ),
     );
-    // History is outside the target's path (WS → node → Redis) but is reported so a writer
-    // that cannot keep up is visible: refused rows are refilled later by REST reconciliation.
+    // Every accepted trade must reach the writer (0 refused); rows Postgres cannot take as
+    // fast as they come wait in the queue, then in the spill files, and are written after.
     t.row(
         "trade history: rows written to Postgres / refused by a full queue",
         format!(
@@ -250,14 +253,19 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
             written / accepted.max(1.0)
         ),
     );
+    t.row(
+        "trade history: rows spilled to disk in window / queued at the end",
+        format!("{spilled:.0} / {queued_end:.0}"),
+    );
     let no_loss = holes == 0 && missing == 0;
     t.verdict(format!(
         "target ≥ 300000 trades/s: {}; no loss (no id holes, no open gaps): {}; \
-         keeps up (every trade accepted within 1 s): {}; ≤ 0.9 µs CPU/trade: {}",
+         keeps up (every trade accepted within 1 s): {}; ≤ 0.6 µs CPU/trade with VWAP windows, \
+         statistics and every row kept for history (0 refused): {}",
         yes(rate >= 300_000.0),
         yes(no_loss),
         yes(behind == 0),
-        yes(us_per_trade <= 0.9)
+        yes(us_per_trade <= 0.6 && refused == 0.0)
     ));
     Ok(t)
 }

@@ -73,10 +73,15 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     let keys = Keys::new(&cfg.redis.key_prefix);
     let ids = InstrumentIds::new();
     // Consumers of accepted trades (one line each; see ingest::handoff).
+    let owner = pricefeed_store::history::writer::spill_owner(
+        &cfg.database.url.redacted(),
+        &cfg.redis.key_prefix,
+    );
     let writer = TradeWriter::spawn(
         db.clone(),
         cfg.trades.clone(),
-        cfg.trades.spill_path(&node_id),
+        cfg.trades.spill_path(&node_id, &owner),
+        &owner,
         shutdown,
     )?;
     let flush_every = Duration::from_millis(cfg.node.feed.tick_flush_ms);

@@ -16,7 +16,7 @@
 //! 3. **Released** when the slice loses it: removed at once (no more acceptance), its last
 //!    unflushed price and counts are flushed together with the release marker.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::ops::RangeInclusive;
 
 use pricefeed_broker::ws::TradeRef;

@@ -10,6 +10,11 @@
 //! every chunk in it was handed back; a torn tail (crash while appending) ends the replay of
 //! that file. Writes are plain buffered appends: a spill exists to survive a database outage,
 //! not a power cut, and losing the page cache then is covered by REST reconciliation.
+//!
+//! The directory belongs to one cluster: a file `OWNER` names it (database address and Redis
+//! key prefix, no credentials). Files found under another owner, say a directory reused after
+//! the database was replaced, are moved to `foreign-<ms>/` and never replayed: writing one
+//! cluster's trades into another's history would be silent corruption.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -44,19 +49,36 @@ pub struct Spill {
 pub struct SpillFull;
 
 impl Spill {
-    /// Opens `dir` (created if missing) and picks up the files a previous run left behind.
-    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
+    /// Opens `dir` (created if missing) for the cluster `owner` and picks up the files a
+    /// previous run of the same cluster left behind.
+    pub fn open(dir: &Path, max_bytes: u64, owner: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let owner_file = dir.join("OWNER");
+        match std::fs::read_to_string(&owner_file) {
+            Ok(found) if found.trim_end() == owner => {}
+            Ok(found) => {
+                let aside = set_aside(dir)?;
+                tracing::error!(
+                    found = found.trim_end(),
+                    expected = owner,
+                    moved_to = ?aside,
+                    "the trade spill directory held another cluster's files; they are set aside, not replayed"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Files without an owner predate the OWNER file: nobody can tell whose they are.
+                let aside = set_aside(dir)?;
+                if aside.is_some() {
+                    tracing::error!(moved_to = ?aside, "unowned trade spill files set aside, not replayed");
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        std::fs::write(&owner_file, format!("{owner}\n"))?;
         let mut files = Vec::new();
         for e in std::fs::read_dir(dir)? {
             let e = e?;
-            let name = e.file_name();
-            let Some(seq) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("spill-"))
-                .and_then(|n| n.strip_suffix(".bin"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(seq) = spill_seq(&e.file_name()) else {
                 continue;
             };
             files.push((seq, e.metadata()?.len()));
@@ -167,6 +189,47 @@ impl Spill {
     }
 }
 
+fn spill_seq(name: &std::ffi::OsStr) -> Option<u64> {
+    name.to_str()
+        .and_then(|n| n.strip_prefix("spill-"))
+        .and_then(|n| n.strip_suffix(".bin"))
+        .and_then(|n| n.parse::<u64>().ok())
+}
+
+/// Moves the spill files of `dir` into a fresh `foreign-<ms>/` beside them; `None` when there
+/// were none.
+fn set_aside(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if spill_seq(&e.file_name()).is_some() {
+            found.push(e.file_name());
+        }
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let aside = dir.join(format!("foreign-{ms}"));
+    std::fs::create_dir_all(&aside)?;
+    for f in found {
+        std::fs::rename(dir.join(&f), aside.join(&f))?;
+    }
+    Ok(Some(aside))
+}
+
+/// A short stable name for a cluster identity (FNV-1a, hex), for directory names.
+pub fn owner_tag(owner: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in owner.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 fn encode(rows: &[TradeRow]) -> Vec<u8> {
     let mut b = Vec::with_capacity(4 + rows.len() * 64);
     b.extend_from_slice(&(rows.len() as u32).to_le_bytes());
@@ -197,7 +260,9 @@ fn decode_chunk(r: &mut impl Read) -> std::io::Result<Option<Vec<TradeRow>>> {
     }
     let n = u32::from_le_bytes(n) as usize;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let mut rows = Vec::with_capacity(n.min(1 << 20));
+    let mut rows: Vec<TradeRow> = Vec::with_capacity(n.min(1 << 20));
+    let mut sym = Vec::with_capacity(32);
+    let mut seen: Vec<(Market, Arc<str>)> = Vec::new();
     for _ in 0..n {
         let mut h = [0u8; 2];
         r.read_exact(&mut h)?;
@@ -207,9 +272,20 @@ fn decode_chunk(r: &mut impl Read) -> std::io::Result<Option<Vec<TradeRow>>> {
             2 => Market::Options,
             _ => return Err(bad("bad market byte")),
         };
-        let mut sym = vec![0u8; h[1] as usize];
+        sym.resize(h[1] as usize, 0);
         r.read_exact(&mut sym)?;
-        let sym = String::from_utf8(sym).map_err(|_| bad("bad symbol"))?;
+        let sym = std::str::from_utf8(&sym).map_err(|_| bad("bad symbol"))?;
+        // A chunk holds the same few instruments over and over: share their symbols.
+        let symbol = match seen.iter().find(|(m, s)| *m == market && **s == *sym) {
+            Some((_, s)) => s.clone(),
+            None => {
+                let s: Arc<str> = Arc::from(sym);
+                if seen.len() < 32 {
+                    seen.push((market, s.clone()));
+                }
+                s
+            }
+        };
         let mut f = [0u8; 8 + 8 + 16 + 16 + 1];
         r.read_exact(&mut f)?;
         let id = u64::from_le_bytes(f[0..8].try_into().expect("8 bytes"));
@@ -218,7 +294,7 @@ fn decode_chunk(r: &mut impl Read) -> std::io::Result<Option<Vec<TradeRow>>> {
         let qty = Decimal::deserialize(f[32..48].try_into().expect("16 bytes"));
         rows.push(TradeRow {
             market,
-            symbol: Arc::from(sym.as_str()),
+            symbol,
             trade_id: id,
             price,
             qty,
@@ -253,6 +329,43 @@ mod tests {
         }
     }
 
+    const OWNER: &str = "postgres://pricefeed@127.0.0.1:5432/a#pf";
+
+    fn spill_files(d: &Path) -> usize {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| spill_seq(&e.as_ref().unwrap().file_name()).is_some())
+            .count()
+    }
+
+    #[test]
+    fn another_clusters_files_are_set_aside_not_replayed() {
+        let d = dir("owner");
+        let mut s = Spill::open(&d, 1 << 20, OWNER).unwrap();
+        s.append(&(0..10).map(row).collect::<Vec<_>>()).unwrap();
+        drop(s);
+        // Same directory, another database: nothing is replayed, the files are kept aside.
+        let mut other =
+            Spill::open(&d, 1 << 20, "postgres://pricefeed@127.0.0.1:5432/b#pf").unwrap();
+        assert!(other.is_empty());
+        assert!(other.pop().is_none());
+        let aside: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("foreign-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(spill_files(&d.join(&aside[0])), 1);
+        // Its own files are replayed by the owner.
+        other.append(&(0..3).map(row).collect::<Vec<_>>()).unwrap();
+        drop(other);
+        let mut again =
+            Spill::open(&d, 1 << 20, "postgres://pricefeed@127.0.0.1:5432/b#pf").unwrap();
+        assert_eq!(again.pop().unwrap().len(), 3);
+        assert_ne!(owner_tag("a"), owner_tag("b"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("pf-spill-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -262,7 +375,7 @@ mod tests {
     #[test]
     fn round_trip_in_order_across_reopen_and_budget() {
         let d = dir("rt");
-        let mut s = Spill::open(&d, 1 << 20).unwrap();
+        let mut s = Spill::open(&d, 1 << 20, OWNER).unwrap();
         assert!(s.is_empty());
         let a: Vec<TradeRow> = (0..100).map(row).collect();
         let b: Vec<TradeRow> = (100..150).map(row).collect();
@@ -271,7 +384,7 @@ mod tests {
         assert!(s.bytes() > 0);
         drop(s);
         // A restarted process finds both chunks, in order.
-        let mut s = Spill::open(&d, 1 << 20).unwrap();
+        let mut s = Spill::open(&d, 1 << 20, OWNER).unwrap();
         let got = s.pop().unwrap();
         assert_eq!(got.len(), 100);
         assert_eq!(got[7].trade_id, 7);
@@ -285,9 +398,9 @@ mod tests {
         assert!(s.pop().is_none());
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
-        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "files deleted");
+        assert_eq!(spill_files(&d), 0, "files deleted");
         // The budget refuses instead of growing.
-        let mut small = Spill::open(&d, 200).unwrap();
+        let mut small = Spill::open(&d, 200, OWNER).unwrap();
         assert_eq!(small.append(&a), Err(SpillFull));
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -295,14 +408,14 @@ mod tests {
     #[test]
     fn a_torn_tail_ends_the_file() {
         let d = dir("torn");
-        let mut s = Spill::open(&d, 1 << 20).unwrap();
+        let mut s = Spill::open(&d, 1 << 20, OWNER).unwrap();
         s.append(&(0..10).map(row).collect::<Vec<_>>()).unwrap();
         s.append(&(10..20).map(row).collect::<Vec<_>>()).unwrap();
         drop(s);
         let f = std::fs::read_dir(&d)
             .unwrap()
-            .next()
-            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| spill_seq(&e.file_name()).is_some())
             .unwrap()
             .path();
         let len = std::fs::metadata(&f).unwrap().len();
@@ -312,7 +425,7 @@ mod tests {
             .unwrap()
             .set_len(len - 5)
             .unwrap();
-        let mut s = Spill::open(&d, 1 << 20).unwrap();
+        let mut s = Spill::open(&d, 1 << 20, OWNER).unwrap();
         assert_eq!(s.pop().unwrap().len(), 10);
         assert!(s.pop().is_none());
         let _ = std::fs::remove_dir_all(&d);

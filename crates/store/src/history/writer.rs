@@ -110,14 +110,24 @@ impl Validate for TradesConfig {
 }
 
 impl TradesConfig {
-    /// The spill directory for `node_id`.
-    pub fn spill_path(&self, node_id: &str) -> PathBuf {
+    /// The spill directory of `node_id` in the cluster `owner` (see [`spill_owner`]): the
+    /// default one is per cluster, so two clusters on one machine never share it.
+    pub fn spill_path(&self, node_id: &str, owner: &str) -> PathBuf {
         if self.spill_dir.is_empty() {
-            std::env::temp_dir().join("pricefeed-spill").join(node_id)
+            std::env::temp_dir()
+                .join("pricefeed-spill")
+                .join(super::spill::owner_tag(owner))
+                .join(node_id)
         } else {
             PathBuf::from(&self.spill_dir)
         }
     }
+}
+
+/// The cluster a spill file belongs to: the database address (credentials masked) and the
+/// Redis key prefix.
+pub fn spill_owner(database_url_redacted: &str, key_prefix: &str) -> String {
+    format!("{database_url_redacted}#{key_prefix}")
 }
 
 /// One accepted trade on its way to Postgres. The symbol is shared (`Arc<str>`) with the ingest
@@ -179,14 +189,16 @@ impl TradeWriterHandle {
 pub struct TradeWriter;
 
 impl TradeWriter {
-    /// Starts the dispatcher on `shutdown`'s tracker, spilling into `spill_dir`.
+    /// Starts the dispatcher on `shutdown`'s tracker, spilling into `spill_dir` on behalf of
+    /// the cluster `owner` ([`spill_owner`]).
     pub fn spawn(
         pool: PgPool,
         cfg: TradesConfig,
         spill_dir: PathBuf,
+        owner: &str,
         shutdown: &Shutdown,
     ) -> anyhow::Result<TradeWriterHandle> {
-        let spill = Spill::open(&spill_dir, cfg.spill_max_bytes).map_err(|e| {
+        let spill = Spill::open(&spill_dir, cfg.spill_max_bytes, owner).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the trade spill directory {} (config key `trades.spill_dir`): {e}",
                 spill_dir.display()
@@ -500,7 +512,7 @@ pub async fn insert(
     }
     // Instrument ids, resolved once per distinct instrument of the batch.
     let mut distinct: Vec<(Market, Arc<str>)> = Vec::new();
-    let mut slot: HashMap<(Market, &str), usize> = HashMap::new();
+    let mut slot: foldhash::HashMap<(Market, &str), usize> = foldhash::HashMap::default();
     let mut row_inst = Vec::with_capacity(rows.len());
     for r in rows {
         let k = (r.market, &*r.symbol);
@@ -529,22 +541,34 @@ pub async fn insert(
         .filter_map(|(i, c)| c.map(|c| (i, c)))
         .collect();
 
-    let mut order: Vec<(i32, i64, usize)> = Vec::with_capacity(rows.len());
+    // Rows grouped per instrument, ids ascending within each, groups by instrument id: the
+    // (instrument, id) key order concurrent batches lock in. Feeds deliver ids nearly in order,
+    // so this is a linear pass where a sort of the whole batch was the writer's largest cost.
+    let mut groups: Vec<Vec<(i64, usize)>> = vec![Vec::new(); distinct.len()];
     let mut below = 0u64;
     for (n, r) in rows.iter().enumerate() {
-        let inst = inst_ids[row_inst[n]];
+        let g = row_inst[n];
         // Ids beyond i64 do not exist on any venue; such a row can only be corrupt.
         let Ok(tid) = i64::try_from(r.trade_id) else {
             continue;
         };
-        if floor.get(&inst).is_some_and(|&c| tid <= c) {
+        if floor.get(&inst_ids[g]).is_some_and(|&c| tid <= c) {
             below += 1;
             continue;
         }
-        order.push((inst, tid, n));
+        groups[g].push((tid, n));
     }
-    order.sort_unstable();
-    order.dedup_by_key(|x| (x.0, x.1));
+    let mut group_order: Vec<usize> = (0..groups.len()).collect();
+    group_order.sort_unstable_by_key(|&g| inst_ids[g]);
+    let mut order: Vec<(i32, i64, usize)> = Vec::with_capacity(rows.len());
+    for g in group_order {
+        let v = &mut groups[g];
+        if !v.is_sorted() {
+            v.sort_unstable();
+        }
+        v.dedup_by_key(|x| x.0);
+        order.extend(v.iter().map(|&(t, n)| (inst_ids[g], t, n)));
+    }
     let k = order.len();
     let mut inst = Vec::with_capacity(k);
     let mut tid = Vec::with_capacity(k);
@@ -657,8 +681,14 @@ mod tests {
     async fn duplicates_are_written_once_and_values_are_exact(pool: PgPool) {
         let d = scratch("dup");
         let shutdown = Shutdown::new();
-        let w =
-            TradeWriter::spawn(pool.clone(), cfg(4, 20, 1000, &d), d.clone(), &shutdown).unwrap();
+        let w = TradeWriter::spawn(
+            pool.clone(),
+            cfg(4, 20, 1000, &d),
+            d.clone(),
+            "test#pf",
+            &shutdown,
+        )
+        .unwrap();
         // Same ids twice (a handover overlap), and the same symbol on another market.
         for _ in 0..2 {
             w.submit((1..=10).map(|i| row(Market::Spot, "BTCUSDT", i)).collect())
@@ -737,7 +767,8 @@ mod tests {
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
         let shutdown = Shutdown::new();
-        let w = TradeWriter::spawn(dead, cfg(10, 5, 40, &d), d.clone(), &shutdown).unwrap();
+        let w =
+            TradeWriter::spawn(dead, cfg(10, 5, 40, &d), d.clone(), "test#pf", &shutdown).unwrap();
         for c in 0..20u64 {
             w.submit(
                 (c * 10 + 1..=c * 10 + 10)
@@ -754,14 +785,20 @@ mod tests {
         );
         // Nothing was lost: a new writer on a working pool replays all 200 rows.
         let shutdown = Shutdown::new();
-        let _w =
-            TradeWriter::spawn(pool.clone(), cfg(10, 5, 40, &d), d.clone(), &shutdown).unwrap();
+        let _w = TradeWriter::spawn(
+            pool.clone(),
+            cfg(10, 5, 40, &d),
+            d.clone(),
+            "test#pf",
+            &shutdown,
+        )
+        .unwrap();
         let got = wait_ids(&pool, "options", "BTC-261127-90000-C", 200).await;
         assert_eq!(got, (1..=200).collect::<Vec<i64>>());
         shutdown.trigger();
         assert!(shutdown.wait(Duration::from_secs(5)).await);
         assert!(
-            Spill::open(&d, 1 << 20).unwrap().is_empty(),
+            Spill::open(&d, 1 << 20, "test#pf").unwrap().is_empty(),
             "replayed files are deleted"
         );
         let _ = std::fs::remove_dir_all(&d);
