@@ -301,6 +301,15 @@ impl Index {
         self.entries.get(&id).map(|e| e.rule.version)
     }
 
+    /// The current value of `metric` when none was observed yet (e.g. the price before the
+    /// first trade this node sees), so crossing alerts added next know which side it is on.
+    pub fn seed(&mut self, metric: Metric, value: Decimal) {
+        let l = self.ladders.entry(metric).or_default();
+        if l.last.is_none() {
+            l.last = Some(value);
+        }
+    }
+
     /// Adds or replaces an alert (an update arrives with a higher version; older ones are
     /// ignored). Returns false when ignored.
     pub fn upsert(&mut self, rule: Rule, now_ms: i64) -> bool {
@@ -461,10 +470,26 @@ impl Index {
             if !matches!(e.state, State::Cooling { until: u } if u == until) {
                 continue;
             }
+            let l = self.ladders.entry(e.rule.cond.metric()).or_default();
+            let c = e.rule.cond;
+            // A crossing suppressed by the cooldown is not fired late: if the metric is already
+            // past the threshold, the alert waits for it to come back first.
+            let past = c.edge()
+                && l.last.is_some_and(|v| {
+                    if c.up() {
+                        v >= c.threshold
+                    } else {
+                        v <= c.threshold
+                    }
+                });
+            if past {
+                e.state = State::Waiting { level: c.threshold };
+                place(l, &e.rule, e.state, (c.threshold, id));
+                continue;
+            }
             e.state = State::Armed;
             e.rule.armed = true;
-            let l = self.ladders.entry(e.rule.cond.metric()).or_default();
-            place(l, &e.rule, State::Armed, (e.rule.cond.threshold, id));
+            place(l, &e.rule, State::Armed, (c.threshold, id));
             rearmed.push(id);
         }
     }
@@ -690,7 +715,7 @@ mod tests {
         #[test]
         fn matches_a_naive_scan(
             alerts in proptest::collection::vec((0u8..4, 1i64..50, any::<bool>()), 1..40),
-            values in proptest::collection::vec(1i64..50, 1..60),
+            values in proptest::collection::vec((1i64..50, 1i64..900), 1..80),
         ) {
             let kinds = [Kind::Above, Kind::Below, Kind::CrossesUp, Kind::CrossesDown];
             let r = Rearm { cooldown_ms: 1_000, hysteresis_pct: Decimal::ZERO };
@@ -703,8 +728,11 @@ mod tests {
                 let st = if ru.cond.edge() { Naive::Waiting } else { Naive::Armed };
                 naive.push((ru, st, i64::MIN));
             }
-            for (step, v) in values.iter().enumerate() {
-                let now = step as i64 * 700;
+            let mut prev: Option<Decimal> = None;
+            let mut now = 0i64;
+            for (step, (v, dt)) in values.iter().enumerate() {
+                // Uneven steps: a cooldown (1 s) spans one to many values.
+                now += dt;
                 let (got, _) = feed(&mut ix, *v, now);
                 let mut want = Vec::new();
                 let val = d(*v);
@@ -712,7 +740,10 @@ mod tests {
                     let t = ru.cond.threshold;
                     let up = ru.cond.up();
                     if let Naive::Cooling(u) = *st && u <= now {
-                        *st = Naive::Armed;
+                        // A crossing alert fires only on an actual crossing: if the value before
+                        // this one was already past the threshold, it waits for the near side.
+                        let past = prev.is_some_and(|p| if up { p >= t } else { p <= t });
+                        *st = if ru.cond.edge() && past { Naive::Waiting } else { Naive::Armed };
                     }
                     if *st == Naive::Waiting && (if up { val < t } else { val > t }) {
                         *st = if *last == i64::MIN || *last + 1_000 <= now {
@@ -732,6 +763,7 @@ mod tests {
                     }
                 }
                 want.sort();
+                prev = Some(val);
                 prop_assert_eq!(&got, &want, "value {} at step {}", v, step);
             }
         }

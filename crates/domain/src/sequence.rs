@@ -139,6 +139,12 @@ impl SeqTracker {
         self.gaps.iter().map(|&(s, e)| e - s + 1).sum()
     }
 
+    /// Whether any id below the highest seen is still missing.
+    #[inline]
+    pub fn has_gaps(&self) -> bool {
+        !self.gaps.is_empty()
+    }
+
     /// Ids whose gap was dropped to respect `max_gaps` (they may never be accepted if late).
     pub fn abandoned(&self) -> u64 {
         self.abandoned

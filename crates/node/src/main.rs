@@ -1,4 +1,5 @@
-//! `pricefeed-node`: serve the API (default), apply migrations, or check the configuration.
+//! `pricefeed-node`: serve the API (default), apply migrations, check the configuration, or make
+//! a registered user an admin.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +26,11 @@ enum Cmd {
     Migrate,
     /// Validate the configuration, print it redacted, and exit.
     CheckConfig,
+    /// Give the registered account EMAIL the admin role (it applies from the next login).
+    PromoteAdmin {
+        /// The account's email, as registered.
+        email: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +43,18 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Cmd::Migrate => pricefeed_store::pg::connect_and_migrate(&cfg.database).await,
+            Cmd::PromoteAdmin { email } => {
+                let email = email.trim().to_ascii_lowercase();
+                let pool = pricefeed_store::pg::connect(&cfg.database).await?;
+                if pricefeed_store::alerts::promote(&pool, &email).await? {
+                    println!("{email} is now an admin (sign in again to get an admin token)");
+                    Ok(())
+                } else {
+                    anyhow::bail!(
+                        "no account with email {email}; register it first (POST /api/v1/auth/register)"
+                    )
+                }
+            }
             Cmd::Serve => {
                 tracing::info!(config = %config::redacted(&cfg), "effective configuration");
                 let drain = Duration::from_millis(cfg.shutdown.drain_timeout_ms);

@@ -3,7 +3,7 @@
 //! only the caller's alerts (another user's id is a 404).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use pricefeed_domain::alert::{Condition, Kind, Rearm};
 use pricefeed_domain::bucket::Span;
@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::extract::{Q, parse_market};
+use crate::api::extract::{IdPath, Q, parse_market};
 use crate::api::page_limit;
 use crate::auth::extract::{AuthUser, JsonBody};
 use crate::state::AppState;
@@ -349,7 +349,7 @@ fn gone(id: i64) -> ApiError {
 async fn get_one(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<i64>,
+    IdPath(id): IdPath,
 ) -> ApiResult<Json<AlertDto>> {
     store::alert(&st.db, user.id, id)
         .await?
@@ -370,7 +370,7 @@ async fn get_one(
 async fn patch(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<i64>,
+    IdPath(id): IdPath,
     JsonBody(p): JsonBody<AlertPatch>,
 ) -> ApiResult<Json<AlertDto>> {
     let cur = store::alert(&st.db, user.id, id)
@@ -423,7 +423,7 @@ async fn patch(
 async fn delete(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<i64>,
+    IdPath(id): IdPath,
 ) -> ApiResult<StatusCode> {
     let a = store::delete_alert(&st.db, user.id, id)
         .await?
@@ -500,7 +500,7 @@ pub struct NotificationPage {
 async fn notifications(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<i64>,
+    IdPath(id): IdPath,
     Q(q): Q<NotificationParams>,
 ) -> ApiResult<Json<NotificationPage>> {
     store::alert(&st.db, user.id, id)

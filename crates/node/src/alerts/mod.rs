@@ -357,11 +357,12 @@ async fn load_one(core: &Arc<Mutex<Core>>, deps: &AlertDeps, job: &Load) -> anyh
     let alerts = store::active_for_instrument(&deps.db, inst).await?;
     let now = now_ms();
     with_tap(core, |t| {
-        if t.slot_mut(job.slot, job.generation).is_some() {
-            for a in &alerts {
-                t.upsert(&job.key, a.rule(), now);
-            }
-        }
+        t.loaded(
+            job.slot,
+            job.generation,
+            alerts.iter().map(|a| a.rule()).collect(),
+            now,
+        );
     });
     Ok(())
 }

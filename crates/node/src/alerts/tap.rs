@@ -4,9 +4,22 @@
 //! Postgres outbox; until then the instrument's price is held back from Redis
 //! ([`Consumer::holds_flush`]), so a node that dies before the commit leaves the trade
 //! unaccepted in the cluster's eyes, and the next owner evaluates it again.
+//!
+//! A newly owned instrument's alerts come from Postgres a little after it goes live. Its trades
+//! meanwhile (the first WebSocket trades and the backfilled gap after a failover, exactly those
+//! the previous owner may not have evaluated) are kept and replayed through the index once the
+//! alerts are in, starting from the price the cluster last accepted, and the instrument's price
+//! is held back from Redis while they wait — for at most [`LOAD_HOLD`], so a Postgres outage
+//! does not freeze the price other nodes see.
+//!
+//! Crossings are defined in trade-id order, but a gap's trades arrive after the ones that
+//! revealed it (backfill). While an instrument with alerts has a gap open, its trades are held
+//! and evaluated in id order once the gap closes, or after [`GAP_HOLD`] if it does not (a
+//! backfill that failed; then late trades are evaluated as they come).
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use pricefeed_domain::alert::{Fired, Index, Metric, Rule};
 use pricefeed_domain::bucket::Span;
@@ -14,7 +27,7 @@ use pricefeed_domain::instrument::InstrumentKey;
 use rust_decimal::Decimal;
 use tokio::sync::{Notify, mpsc};
 
-use crate::ingest::handoff::{Accepted, Consumer};
+use crate::ingest::handoff::{Accepted, Consumer, Resume};
 
 /// A firing waiting for its commit.
 #[derive(Debug, Clone)]
@@ -34,6 +47,16 @@ pub struct Load {
     pub generation: u64,
     pub key: InstrumentKey,
 }
+
+/// Longest time a newly owned instrument's price is held back from Redis while its alerts load.
+pub const LOAD_HOLD: Duration = Duration::from_secs(5);
+
+/// Longest time trades wait for a gap below them to be filled before they are evaluated.
+pub const GAP_HOLD: Duration = Duration::from_secs(2);
+
+/// Most trades kept per instrument while its alerts load (beyond them, the oldest are
+/// evaluated without their alerts, i.e. not at all, and counted).
+const BACKLOG_MAX: usize = 200_000;
 
 /// Per-second low and high prices, for `move_pct` alerts.
 #[derive(Debug, Default)]
@@ -87,6 +110,76 @@ pub struct SlotAlerts {
     moves: Option<Moves>,
     /// Firings of this slot not committed yet.
     pending: usize,
+    /// The alerts are in the index; until then trades wait in `held`.
+    loaded: bool,
+    /// Trades not evaluated yet (alerts loading, or a gap open below them), and since when.
+    held: Vec<(u64, Decimal, i64)>,
+    held_since: Option<Instant>,
+    /// The last accepted trade reported a gap below it.
+    gaps_open: bool,
+    /// The price the cluster last accepted before this node took over, and when it went live.
+    resume_price: Option<Decimal>,
+    live_at: Option<Instant>,
+}
+
+impl SlotAlerts {
+    /// Evaluates the held trades in id order.
+    fn drain(
+        &mut self,
+        slot: usize,
+        fired: &mut Vec<Fired>,
+        rearmed: &mut Vec<i64>,
+        out: &mut Vec<Pending>,
+    ) {
+        let mut held = std::mem::take(&mut self.held);
+        held.sort_unstable_by_key(|t| t.0);
+        for t in held.drain(..) {
+            self.evaluate(slot, t, fired, rearmed, out);
+        }
+        self.held = held;
+        self.held_since = None;
+    }
+
+    fn hold(&mut self, t: (u64, Decimal, i64)) {
+        if self.held.len() == BACKLOG_MAX {
+            // Bounded: the oldest held trade is dropped unevaluated (counted).
+            let oldest = (0..self.held.len())
+                .min_by_key(|&i| self.held[i].0)
+                .unwrap_or(0);
+            self.held.swap_remove(oldest);
+            metrics::counter!("pricefeed_alert_backlog_dropped_total").increment(1);
+        }
+        self.held.push(t);
+        self.held_since.get_or_insert_with(Instant::now);
+    }
+
+    fn evaluate(
+        &mut self,
+        slot: usize,
+        (id, price, ts): (u64, Decimal, i64),
+        fired: &mut Vec<Fired>,
+        rearmed: &mut Vec<i64>,
+        out: &mut Vec<Pending>,
+    ) {
+        if self.index.is_empty() {
+            return;
+        }
+        if let Some(m) = self.moves.as_mut() {
+            m.add(ts, price);
+        }
+        self.index.observe(Metric::Price, price, ts, fired, rearmed);
+        for f in fired.drain(..) {
+            self.pending += 1;
+            out.push(Pending {
+                slot,
+                key: self.key.clone(),
+                fired: f,
+                trade_id: id,
+                trade_ts: ts,
+                price,
+            });
+        }
+    }
 }
 
 /// The consumer.
@@ -141,12 +234,59 @@ impl AlertTap {
         };
         let s = self.slots[slot].as_mut().expect("mapped slots exist");
         let moves = rule.cond.window;
+        // A crossing alert needs to know which side the price is on now.
+        if let Some((_, p, _)) = s.last.filter(|_| s.loaded) {
+            s.index.seed(Metric::Price, p);
+        }
         let ok = s.index.upsert(rule, now_ms);
         if let Some(w) = moves {
             let m = s.moves.get_or_insert_with(Moves::default);
             m.keep_ms = m.keep_ms.max(w.ms());
         }
         ok
+    }
+
+    /// The alerts of a newly owned instrument arrived: index them, then evaluate the trades
+    /// that waited for them, from the price the cluster had accepted before.
+    pub fn loaded(&mut self, slot: usize, generation: u64, rules: Vec<Rule>, now_ms: i64) {
+        let Some(s) = self.slot_mut(slot, generation) else {
+            return;
+        };
+        if s.loaded {
+            return;
+        }
+        let seed = s
+            .resume_price
+            .or(s.held.iter().min_by_key(|t| t.0).map(|t| t.1));
+        if let Some(p) = seed {
+            s.index.seed(Metric::Price, p);
+        }
+        let key = s.key.clone();
+        for r in rules {
+            self.upsert_unloaded(&key, r, now_ms);
+        }
+        let s = self.slots[slot].as_mut().expect("checked above");
+        s.loaded = true;
+        if !s.gaps_open {
+            let mut fired = std::mem::take(&mut self.fired_buf);
+            s.drain(slot, &mut fired, &mut self.rearmed, &mut self.pending);
+            self.fired_buf = fired;
+        }
+        if !self.pending.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
+    fn upsert_unloaded(&mut self, key: &InstrumentKey, rule: Rule, now_ms: i64) {
+        let Some(&slot) = self.by_key.get(key) else {
+            return;
+        };
+        let s = self.slots[slot].as_mut().expect("mapped slots exist");
+        if let Some(w) = rule.cond.window {
+            let m = s.moves.get_or_insert_with(Moves::default);
+            m.keep_ms = m.keep_ms.max(w.ms());
+        }
+        s.index.upsert(rule, now_ms);
     }
 
     /// Removes an alert wherever it is indexed.
@@ -207,6 +347,10 @@ impl AlertTap {
         let mut fired = std::mem::take(&mut self.fired_buf);
         for (slot, s) in self.slots.iter_mut().enumerate() {
             let Some(s) = s else { continue };
+            // A gap that backfill did not fill in time: evaluate what waited, in id order.
+            if s.loaded && s.held_since.is_some_and(|t| t.elapsed() >= GAP_HOLD) {
+                s.drain(slot, &mut fired, &mut self.rearmed, &mut self.pending);
+            }
             let mut re = Vec::new();
             s.index.release_cooled(now_ms, &mut re);
             self.rearmed.extend(re);
@@ -252,34 +396,38 @@ impl Consumer for AlertTap {
         if s.last.is_none_or(|(id, _, _)| t.id > id) {
             s.last = Some((t.id, t.price, t.ts_ms));
         }
+        s.gaps_open = t.gaps_open;
+        let trade = (t.id, t.price, t.ts_ms);
+        if !s.loaded {
+            s.hold(trade);
+            return;
+        }
         if s.index.is_empty() {
             return;
         }
-        if let Some(m) = s.moves.as_mut() {
-            m.add(t.ts_ms, t.price);
+        let before = self.pending.len();
+        if t.gaps_open {
+            s.hold(trade);
+        } else if s.held.is_empty() {
+            s.evaluate(
+                t.slot,
+                trade,
+                &mut self.fired_buf,
+                &mut self.rearmed,
+                &mut self.pending,
+            );
+        } else {
+            s.held.push(trade);
+            s.drain(
+                t.slot,
+                &mut self.fired_buf,
+                &mut self.rearmed,
+                &mut self.pending,
+            );
         }
-        s.index.observe(
-            Metric::Price,
-            t.price,
-            t.ts_ms,
-            &mut self.fired_buf,
-            &mut self.rearmed,
-        );
-        if self.fired_buf.is_empty() {
-            return;
+        if self.pending.len() > before {
+            self.wake.notify_one();
         }
-        for f in self.fired_buf.drain(..) {
-            s.pending += 1;
-            self.pending.push(Pending {
-                slot: t.slot,
-                key: t.key.clone(),
-                fired: f,
-                trade_id: t.id,
-                trade_ts: t.ts_ms,
-                price: t.price,
-            });
-        }
-        self.wake.notify_one();
     }
 
     fn gained(&mut self, slot: usize, key: &InstrumentKey) {
@@ -294,12 +442,20 @@ impl Consumer for AlertTap {
             last: None,
             moves: None,
             pending: 0,
+            loaded: false,
+            held: Vec::new(),
+            held_since: None,
+            gaps_open: false,
+            resume_price: None,
+            live_at: None,
         });
         self.by_key.insert(key.clone(), slot);
     }
 
-    fn live(&mut self, slot: usize, key: &InstrumentKey, _after_id: Option<u64>) {
-        if let Some(Some(s)) = self.slots.get(slot) {
+    fn live(&mut self, slot: usize, key: &InstrumentKey, resume: Resume) {
+        if let Some(Some(s)) = self.slots.get_mut(slot) {
+            s.resume_price = resume.price;
+            s.live_at = Some(Instant::now());
             let _ = self.loads.send(Load {
                 slot,
                 generation: s.generation,
@@ -316,10 +472,186 @@ impl Consumer for AlertTap {
     }
 
     fn holds_flush(&self, slot: usize) -> bool {
-        matches!(self.slots.get(slot), Some(Some(s)) if s.pending > 0)
+        matches!(self.slots.get(slot), Some(Some(s)) if s.pending > 0
+            || (s.loaded && !s.held.is_empty())
+            || (!s.loaded && s.live_at.is_none_or(|t| t.elapsed() < LOAD_HOLD)))
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pricefeed_domain::alert::{Condition, Kind};
+    use std::sync::Arc;
+
+    fn d(v: i64) -> Decimal {
+        Decimal::from(v)
+    }
+
+    fn rule(id: i64, kind: Kind, t: i64) -> Rule {
+        Rule {
+            id,
+            user_id: 1,
+            version: 1,
+            cond: Condition {
+                kind,
+                threshold: d(t),
+                interval: None,
+                window: None,
+            },
+            rearm: None,
+            armed: true,
+            last_fired_ms: None,
+        }
+    }
+
+    fn trade<'a>(key: &'a InstrumentKey, sym: &'a Arc<str>, id: u64, price: i64) -> Accepted<'a> {
+        Accepted {
+            key,
+            symbol: sym,
+            slot: 0,
+            id,
+            price: d(price),
+            qty: Decimal::ONE,
+            ts_ms: 1_000 + id as i64,
+            buyer_is_maker: false,
+            backfill: false,
+            gaps_open: false,
+        }
+    }
+
+    fn tap() -> (AlertTap, mpsc::UnboundedReceiver<Load>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (AlertTap::new(tx, Arc::new(Notify::new())), rx)
+    }
+
+    /// After a failover the new owner's first trades (here the backfilled crossing) arrive
+    /// before its alerts: they wait, are evaluated from the price the cluster had accepted, and
+    /// the price is held back from Redis until then.
+    #[test]
+    fn trades_before_the_alerts_load_are_evaluated_from_the_resume_price() {
+        let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
+        let sym: Arc<str> = Arc::from("BTCUSDT");
+        let (mut t, mut loads) = tap();
+        t.gained(0, &key);
+        t.live(
+            0,
+            &key,
+            Resume {
+                after_id: Some(9),
+                price: Some(d(99)),
+            },
+        );
+        let job = loads.try_recv().unwrap();
+        assert!(t.holds_flush(0), "held while the alerts load");
+        // The crossing trade (99 → 101) and one after it arrive first.
+        t.on_trade(&trade(&key, &sym, 10, 101));
+        t.on_trade(&trade(&key, &sym, 11, 102));
+        assert!(t.take().0.is_empty(), "nothing evaluated before the load");
+        t.loaded(
+            job.slot,
+            job.generation,
+            vec![rule(1, Kind::CrossesUp, 100), rule(2, Kind::Below, 50)],
+            2_000,
+        );
+        let (fired, _) = t.take();
+        assert_eq!(fired.len(), 1);
+        assert_eq!((fired[0].fired.alert_id, fired[0].trade_id), (1, 10));
+        assert!(t.holds_flush(0), "held until the firing is committed");
+        t.committed(&fired);
+        assert!(!t.holds_flush(0));
+        // Live from now on.
+        t.on_trade(&trade(&key, &sym, 12, 40));
+        let (fired, _) = t.take();
+        assert_eq!((fired[0].fired.alert_id, fired[0].trade_id), (2, 12));
+    }
+
+    /// Without a known resume price (a fresh start) a crossing needs the price on the other
+    /// side first; a new alert on a loaded instrument knows the side from the last trade.
+    #[test]
+    fn crossing_alerts_added_later_know_the_current_side() {
+        let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
+        let sym: Arc<str> = Arc::from("BTCUSDT");
+        let (mut t, mut loads) = tap();
+        t.gained(0, &key);
+        t.live(0, &key, Resume::default());
+        let job = loads.try_recv().unwrap();
+        t.loaded(job.slot, job.generation, Vec::new(), 0);
+        t.on_trade(&trade(&key, &sym, 1, 95));
+        assert!(t.upsert(&key, rule(5, Kind::CrossesUp, 100), 0));
+        t.on_trade(&trade(&key, &sym, 2, 100));
+        let (fired, _) = t.take();
+        assert_eq!(fired.len(), 1, "95 → 100 crosses 100");
+        assert_eq!(fired[0].trade_id, 2);
+    }
+
+    /// A gap's trades arrive after the trade that revealed it; crossings are still judged in id
+    /// order, and a gap that is never filled stops holding after [`GAP_HOLD`].
+    #[test]
+    fn trades_behind_a_gap_are_evaluated_in_id_order() {
+        let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
+        let sym: Arc<str> = Arc::from("BTCUSDT");
+        let (mut t, mut loads) = tap();
+        t.gained(0, &key);
+        t.live(
+            0,
+            &key,
+            Resume {
+                after_id: Some(10),
+                price: Some(d(99)),
+            },
+        );
+        let job = loads.try_recv().unwrap();
+        t.loaded(
+            job.slot,
+            job.generation,
+            vec![rule(1, Kind::CrossesUp, 100)],
+            0,
+        );
+        // 12 (105) arrives first, revealing the gap 11; then the backfilled 11 (101).
+        let mut late = trade(&key, &sym, 12, 105);
+        late.gaps_open = true;
+        t.on_trade(&late);
+        assert!(t.take().0.is_empty(), "held while 11 is missing");
+        assert!(t.holds_flush(0));
+        let mut fill = trade(&key, &sym, 11, 101);
+        fill.backfill = true;
+        t.on_trade(&fill);
+        let (fired, _) = t.take();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].trade_id, 11, "the crossing is 99 → 101, by id 11");
+        t.committed(&fired);
+        assert!(!t.holds_flush(0));
+
+        // A gap that is never filled: after GAP_HOLD the held trades are evaluated anyway.
+        t.upsert(&key, rule(2, Kind::CrossesDown, 90), 0);
+        let mut gap = trade(&key, &sym, 20, 80);
+        gap.gaps_open = true;
+        t.on_trade(&gap);
+        t.tick(0, |_, _| None);
+        assert!(t.take().0.is_empty());
+        if let Some(Some(s)) = t.slots.get_mut(0) {
+            s.held_since = Instant::now().checked_sub(GAP_HOLD);
+        }
+        t.tick(0, |_, _| None);
+        let (fired, _) = t.take();
+        assert_eq!((fired[0].fired.alert_id, fired[0].trade_id), (2, 20));
+    }
+
+    #[test]
+    fn an_instrument_whose_alerts_never_load_is_released_after_the_hold() {
+        let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
+        let (mut t, _loads) = tap();
+        t.gained(0, &key);
+        t.live(0, &key, Resume::default());
+        assert!(t.holds_flush(0));
+        if let Some(Some(s)) = t.slots.get_mut(0) {
+            s.live_at = Instant::now().checked_sub(LOAD_HOLD);
+        }
+        assert!(!t.holds_flush(0));
     }
 }

@@ -98,7 +98,13 @@ impl ApiError {
                 p
             }
             Self::InvalidField { field, detail } => {
-                let mut p = Problem::new(s, "invalid-field", detail.clone());
+                // The detail names the field too, for clients that show only the detail.
+                let detail = if detail.contains(field.as_str()) {
+                    detail.clone()
+                } else {
+                    format!("{field}: {detail}")
+                };
+                let mut p = Problem::new(s, "invalid-field", detail);
                 p.param = Some(field.clone());
                 p
             }

@@ -28,6 +28,25 @@ where
     }
 }
 
+/// A numeric id path segment (`{id}`) with a problem+json rejection (400, `param` = `id`).
+#[derive(Debug, Clone, Copy)]
+pub struct IdPath(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::param("id", e.body_text()))?;
+        raw.parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(IdPath)
+            .ok_or_else(|| ApiError::param("id", "must be a positive integer"))
+    }
+}
+
 /// The `{symbol}` path segment, validated (400 `symbol` when malformed).
 #[derive(Debug, Clone)]
 pub struct SymbolPath(pub Symbol);

@@ -86,7 +86,7 @@ fn pipeline(frames: &[String], keys: &[InstrumentKey], now: i64) -> (Duration, u
     let mut core = Core::new(SeqConfig::default(), 60_000);
     core.sync_slice(keys, 1, |_| true, tokio::time::Instant::now());
     for k in keys {
-        assert!(core.go_live(k, 1, None));
+        assert!(core.go_live(k, 1, pricefeed_node::ingest::handoff::Resume::default()));
     }
     let start = Instant::now();
     let mut accepted = 0u64;

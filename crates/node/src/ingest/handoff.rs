@@ -29,6 +29,19 @@ pub struct Accepted<'a> {
     pub buyer_is_maker: bool,
     /// Fetched by gap backfill rather than received on the WebSocket.
     pub backfill: bool,
+    /// Some id below this one is still missing (a gap that backfill has not filled yet): a
+    /// consumer that needs trades in id order waits for it.
+    pub gaps_open: bool,
+}
+
+/// Where an instrument's trades resume when it goes live on this node: after the last trade
+/// the cluster accepted (from Redis), whose price is known, or from scratch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The last trade id accepted anywhere in the cluster; `None` for a fresh start.
+    pub after_id: Option<u64>,
+    /// That trade's price, when known (crossing alerts need the side the price was on).
+    pub price: Option<Decimal>,
 }
 
 /// The synchronous half of a trade consumer. Called with the ingest lock held: keep it to
@@ -40,9 +53,9 @@ pub trait Consumer: Any + Send {
     /// `key` joined the slice in `slot` (not live yet: its trades start after the handover).
     fn gained(&mut self, _slot: usize, _key: &InstrumentKey) {}
 
-    /// `key` went live; its trades start after `after_id` (the last id the cluster accepted,
-    /// `None` for a fresh start). Earlier trades are in Postgres or on their way there.
-    fn live(&mut self, _slot: usize, _key: &InstrumentKey, _after_id: Option<u64>) {}
+    /// `key` went live; its trades start after `resume.after_id` (the last id the cluster
+    /// accepted, `None` for a fresh start). Earlier trades are in Postgres or on their way there.
+    fn live(&mut self, _slot: usize, _key: &InstrumentKey, _resume: Resume) {}
 
     /// `key` left the slice; `slot` may be reused for another instrument afterwards.
     fn lost(&mut self, _slot: usize, _key: &InstrumentKey) {}

@@ -22,6 +22,7 @@ pub use pricefeed_store::protocol::PriceDoc;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+use super::handoff::Resume;
 use super::state::{FlushEntry, Latest};
 
 /// A latest price document from the node-local state.
@@ -114,12 +115,12 @@ pub async fn flush(
 }
 
 /// What Redis knows about a pending instrument: the release marker's epoch and the stored
-/// latest trade id.
+/// latest trade (id and price).
 pub async fn handover_state(
     conn: &mut ConnectionManager,
     prefix: &str,
     keys: &[InstrumentKey],
-) -> redis::RedisResult<Vec<(Option<u64>, Option<u64>)>> {
+) -> redis::RedisResult<Vec<(Option<u64>, Resume)>> {
     let names = Keys::new(prefix);
     let mut pipe = redis::pipe();
     for k in keys {
@@ -134,9 +135,12 @@ pub async fn handover_state(
             let marker = c[0].as_deref().and_then(|s| s.parse().ok());
             let last = c[1]
                 .as_deref()
-                .and_then(|s| serde_json::from_str::<PriceDoc>(s).ok())
-                .map(|d| d.trade_id);
-            (marker, last)
+                .and_then(|s| serde_json::from_str::<PriceDoc>(s).ok());
+            let resume = Resume {
+                after_id: last.as_ref().map(|d| d.trade_id),
+                price: last.map(|d| d.price),
+            };
+            (marker, resume)
         })
         .collect())
 }

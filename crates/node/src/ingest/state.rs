@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use super::handoff::{Accepted, Consumer};
+use super::handoff::{Accepted, Consumer, Resume};
 
 pub(crate) fn market_index(m: Market) -> usize {
     match m {
@@ -206,7 +206,10 @@ impl Core {
                 c.live(
                     i.slot,
                     &i.key,
-                    i.stats.first_id.map(|f| f.saturating_sub(1)),
+                    Resume {
+                        after_id: i.stats.first_id.map(|f| f.saturating_sub(1)),
+                        price: None,
+                    },
                 );
             }
         }
@@ -323,10 +326,11 @@ impl Core {
             .collect()
     }
 
-    /// Makes a pending instrument live, its tracker starting after `last_id` (the last trade id
-    /// accepted anywhere in the cluster, from Redis), or fresh when there is none. Returns false
-    /// when it is no longer pending for `epoch` (lost or re-gained meanwhile).
-    pub fn go_live(&mut self, key: &InstrumentKey, epoch: u64, last_id: Option<u64>) -> bool {
+    /// Makes a pending instrument live, its tracker starting after `resume.after_id` (the last
+    /// trade id accepted anywhere in the cluster, from Redis), or fresh when there is none.
+    /// Returns false when it is no longer pending for `epoch` (lost or re-gained meanwhile).
+    pub fn go_live(&mut self, key: &InstrumentKey, epoch: u64, resume: Resume) -> bool {
+        let last_id = resume.after_id;
         let seq = self.seq;
         let Some(i) = self.get_mut(key) else {
             return false;
@@ -342,7 +346,7 @@ impl Core {
         i.phase = Phase::Live;
         let (slot, key) = (i.slot, i.key.clone());
         for c in &mut self.consumers {
-            c.live(slot, &key, last_id);
+            c.live(slot, &key, resume);
         }
         true
     }
@@ -375,6 +379,7 @@ impl Core {
                 ts_ms: t.ts_ms,
                 buyer_is_maker: t.buyer_is_maker,
                 backfill: false,
+                gaps_open: i.tracker.has_gaps(),
             };
             for c in &mut self.consumers {
                 c.on_trade(&a);
@@ -414,6 +419,7 @@ impl Core {
                     ts_ms: t.ts_ms,
                     buyer_is_maker: t.buyer_is_maker,
                     backfill: true,
+                    gaps_open: i.tracker.has_gaps(),
                 };
                 for c in &mut self.consumers {
                     c.on_trade(&a);
@@ -545,6 +551,13 @@ mod tests {
 
     const NOW: i64 = 1_767_225_600_000;
 
+    fn resume(after: u64) -> Resume {
+        Resume {
+            after_id: Some(after),
+            price: None,
+        }
+    }
+
     fn key(s: &str) -> InstrumentKey {
         InstrumentKey::parse(s).unwrap()
     }
@@ -565,7 +578,7 @@ mod tests {
         let keys: Vec<_> = keys.iter().map(|k| key(k)).collect();
         c.sync_slice(&keys, 1, |_| true, Instant::now());
         for k in &keys {
-            assert!(c.go_live(k, 1, None));
+            assert!(c.go_live(k, 1, Resume::default()));
         }
         c
     }
@@ -647,8 +660,8 @@ mod tests {
         assert_eq!(checks.len(), 1);
         assert!(!checks[0].force);
         assert!(c.pending_checks(deadline)[0].force);
-        assert!(!c.go_live(&k, 6, Some(100)), "wrong epoch");
-        assert!(c.go_live(&k, 7, Some(100)));
+        assert!(!c.go_live(&k, 6, resume(100)), "wrong epoch");
+        assert!(c.go_live(&k, 7, resume(100)));
         assert_eq!(
             c.on_ws_trade(Market::Spot, &tr("BNBUSDT", 100), NOW),
             Verdict::Duplicate

@@ -13,7 +13,7 @@ use pricefeed_store::protocol::{StatsDoc, VwapDoc};
 use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 
-use crate::ingest::handoff::{Accepted, Consumer};
+use crate::ingest::handoff::{Accepted, Consumer, Resume};
 
 /// Work for the loader task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,11 +237,11 @@ impl Consumer for LiveTap {
         self.by_key.insert(key.clone(), slot);
     }
 
-    fn live(&mut self, slot: usize, key: &InstrumentKey, after_id: Option<u64>) {
+    fn live(&mut self, slot: usize, key: &InstrumentKey, resume: Resume) {
         let Some(Some(s)) = self.slots.get_mut(slot) else {
             return;
         };
-        if let Some(a) = after_id {
+        if let Some(a) = resume.after_id {
             s.live_from = Some(s.live_from.map_or(a + 1, |f| f.min(a + 1)));
         }
         let _ = self.loads.send(Load::Rebuild {
