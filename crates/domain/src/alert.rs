@@ -19,7 +19,7 @@
 //! lookups per value plus the alerts that actually fire or re-arm, however many alerts do not.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -156,7 +156,8 @@ impl Condition {
         !matches!(self.kind, Kind::Below | Kind::CrossesDown | Kind::VwapBelow)
     }
 
-    fn edge(&self) -> bool {
+    /// Whether it fires on a crossing (rather than on a level).
+    pub fn edge(&self) -> bool {
         matches!(self.kind, Kind::CrossesUp | Kind::CrossesDown)
     }
 }
@@ -222,42 +223,174 @@ pub struct Fired {
     pub one_shot: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Where an alert is in its cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Armed,
-    /// Waiting for the metric to go back to `level`.
-    Waiting {
-        level: Decimal,
-    },
-    /// Re-arm level reached; armed at `until`.
-    Cooling {
-        until: i64,
-    },
+    /// Waiting for the metric to go back past the threshold (a crossing's first side).
+    WaitThreshold,
+    /// Waiting for the metric to go back past the re-arm level (threshold ∓ hysteresis).
+    WaitRearm,
+    /// Back past the level; armed at `last_fired_ms + cooldown_ms`.
+    Cooling,
 }
 
+/// One alert as the index keeps it: 80 bytes, since a node may hold millions.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    rule: Rule,
+    id: i64,
+    user_id: i64,
+    version: i64,
+    /// `i64::MIN` when it never fired.
+    last_fired_ms: i64,
+    threshold: Decimal,
+    /// Re-arm level, threshold × (1 ∓ hysteresis %), for re-arming alerts.
+    rearm_level: Decimal,
+    /// The VWAP interval or the move window, seconds; 0 when the kind takes none.
+    span_s: i64,
+    /// 0 for a one-shot alert.
+    cooldown_ms: u32,
+    kind: Kind,
     state: State,
+    rearm: bool,
 }
 
-/// Ordered sets of one metric.
+impl Entry {
+    fn new(r: &Rule) -> Self {
+        let span_s = r.cond.interval.or(r.cond.window).map_or(0, |s| s.secs());
+        let (rearm_level, cooldown_ms) = match r.rearm {
+            Some(re) => (
+                rearm_level(&r.cond, &re),
+                u32::try_from(re.cooldown_ms).unwrap_or(u32::MAX),
+            ),
+            None => (r.cond.threshold, 0),
+        };
+        Self {
+            id: r.id,
+            user_id: r.user_id,
+            version: r.version,
+            last_fired_ms: r.last_fired_ms.unwrap_or(i64::MIN),
+            threshold: r.cond.threshold,
+            rearm_level,
+            span_s,
+            cooldown_ms,
+            kind: r.cond.kind,
+            state: State::Armed,
+            rearm: r.rearm.is_some(),
+        }
+    }
+
+    fn cond(&self) -> Condition {
+        let span = Span::from_secs(self.span_s);
+        Condition {
+            kind: self.kind,
+            threshold: self.threshold,
+            interval: matches!(self.kind, Kind::VwapAbove | Kind::VwapBelow)
+                .then_some(span)
+                .flatten(),
+            window: matches!(self.kind, Kind::MovePct).then_some(span).flatten(),
+        }
+    }
+
+    fn up(&self) -> bool {
+        !matches!(self.kind, Kind::Below | Kind::CrossesDown | Kind::VwapBelow)
+    }
+
+    fn edge(&self) -> bool {
+        matches!(self.kind, Kind::CrossesUp | Kind::CrossesDown)
+    }
+
+    /// The set key while waiting.
+    fn level(&self) -> Decimal {
+        match self.state {
+            State::WaitRearm => self.rearm_level,
+            _ => self.threshold,
+        }
+    }
+
+    fn cooled_at(&self) -> i64 {
+        self.last_fired_ms
+            .saturating_add(i64::from(self.cooldown_ms))
+    }
+}
+
+/// Ordered sets of one metric, with their bounds cached so that a value that fires and re-arms
+/// nothing (nearly every trade) costs four comparisons and no tree walk.
 #[derive(Debug, Default)]
 struct Ladder {
     up_armed: BTreeSet<(Decimal, i64)>,
     down_armed: BTreeSet<(Decimal, i64)>,
-    /// Disarmed upward alerts, by the level the metric must fall to.
+    /// Disarmed upward alerts, by the level the metric must fall below.
     up_waiting: BTreeSet<(Decimal, i64)>,
-    /// Disarmed downward alerts, by the level the metric must rise to.
+    /// Disarmed downward alerts, by the level the metric must rise above.
     down_waiting: BTreeSet<(Decimal, i64)>,
     last: Option<Decimal>,
+    lowest_up_armed: Option<Decimal>,
+    highest_down_armed: Option<Decimal>,
+    highest_up_waiting: Option<Decimal>,
+    lowest_down_waiting: Option<Decimal>,
+}
+
+impl Ladder {
+    fn refresh(&mut self) {
+        self.lowest_up_armed = self.up_armed.first().map(|k| k.0);
+        self.highest_down_armed = self.down_armed.last().map(|k| k.0);
+        self.highest_up_waiting = self.up_waiting.last().map(|k| k.0);
+        self.lowest_down_waiting = self.down_waiting.first().map(|k| k.0);
+    }
+
+    /// Whether `v` fires or re-arms nothing here.
+    fn quiet(&self, v: Decimal) -> bool {
+        self.lowest_up_armed.is_none_or(|m| v < m)
+            && self.highest_down_armed.is_none_or(|m| v > m)
+            && self.highest_up_waiting.is_none_or(|m| v >= m)
+            && self.lowest_down_waiting.is_none_or(|m| v <= m)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.up_armed.is_empty()
+            && self.down_armed.is_empty()
+            && self.up_waiting.is_empty()
+            && self.down_waiting.is_empty()
+    }
+
+    fn place(&mut self, e: &Entry) {
+        let up = e.up();
+        match e.state {
+            State::Armed if up => self.up_armed.insert((e.threshold, e.id)),
+            State::Armed => self.down_armed.insert((e.threshold, e.id)),
+            State::WaitThreshold | State::WaitRearm if up => {
+                self.up_waiting.insert((e.level(), e.id))
+            }
+            State::WaitThreshold | State::WaitRearm => self.down_waiting.insert((e.level(), e.id)),
+            State::Cooling => false,
+        };
+    }
+
+    fn unplace(&mut self, e: &Entry) {
+        let up = e.up();
+        match e.state {
+            State::Armed if up => self.up_armed.remove(&(e.threshold, e.id)),
+            State::Armed => self.down_armed.remove(&(e.threshold, e.id)),
+            State::WaitThreshold | State::WaitRearm if up => {
+                self.up_waiting.remove(&(e.level(), e.id))
+            }
+            State::WaitThreshold | State::WaitRearm => self.down_waiting.remove(&(e.level(), e.id)),
+            State::Cooling => false,
+        };
+    }
 }
 
 /// The alerts of one instrument.
 #[derive(Debug, Default)]
 pub struct Index {
-    ladders: HashMap<Metric, Ladder>,
-    entries: HashMap<i64, Entry>,
+    /// Per metric (an instrument has one to a few).
+    ladders: Vec<(Metric, Ladder)>,
+    /// Every alert, dense.
+    slab: Vec<Entry>,
+    /// (alert id, position in `slab`), sorted by id.
+    ids: Vec<(i64, u32)>,
+    /// (armed at, alert id) of cooling alerts.
     cooling: BinaryHeap<Reverse<(i64, i64)>>,
 }
 
@@ -270,41 +403,72 @@ fn rearm_level(c: &Condition, r: &Rearm) -> Decimal {
     }
 }
 
+fn entry_metric(e: &Entry) -> Metric {
+    e.cond().metric()
+}
+
 impl Index {
     pub fn new() -> Self {
         Self::default()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slab.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slab.is_empty()
+    }
+
+    /// Room for `n` more alerts without growing (a whole instrument's alerts are loaded at once).
+    pub fn reserve(&mut self, n: usize) {
+        self.slab.reserve_exact(n);
+        self.ids.reserve_exact(n);
     }
 
     /// The metrics any alert here watches (the caller computes the non-price ones per tick).
     pub fn metrics(&self) -> impl Iterator<Item = Metric> + '_ {
-        self.ladders.keys().copied()
+        self.ladders.iter().map(|(m, _)| *m)
     }
 
     /// Every indexed alert with its version.
     pub fn versions(&self) -> Vec<(i64, i64)> {
-        self.entries
-            .iter()
-            .map(|(id, e)| (*id, e.rule.version))
-            .collect()
+        self.slab.iter().map(|e| (e.id, e.version)).collect()
     }
 
     /// Whether `id` is indexed, and at which version.
     pub fn version(&self, id: i64) -> Option<i64> {
-        self.entries.get(&id).map(|e| e.rule.version)
+        self.pos(id).map(|p| self.slab[p].version)
+    }
+
+    fn pos(&self, id: i64) -> Option<usize> {
+        self.ids
+            .binary_search_by_key(&id, |x| x.0)
+            .ok()
+            .map(|i| self.ids[i].1 as usize)
+    }
+
+    fn ladder(&mut self, m: Metric) -> &mut Ladder {
+        match self.ladders.iter().position(|(x, _)| *x == m) {
+            Some(i) => &mut self.ladders[i].1,
+            None => {
+                self.ladders.push((m, Ladder::default()));
+                &mut self.ladders.last_mut().expect("just pushed").1
+            }
+        }
+    }
+
+    fn ladder_if(&mut self, m: Metric) -> Option<&mut Ladder> {
+        self.ladders
+            .iter_mut()
+            .find(|(x, _)| *x == m)
+            .map(|(_, l)| l)
     }
 
     /// The current value of `metric` when none was observed yet (e.g. the price before the
     /// first trade this node sees), so crossing alerts added next know which side it is on.
     pub fn seed(&mut self, metric: Metric, value: Decimal) {
-        let l = self.ladders.entry(metric).or_default();
+        let l = self.ladder(metric);
         if l.last.is_none() {
             l.last = Some(value);
         }
@@ -317,54 +481,59 @@ impl Index {
             return false;
         }
         self.remove(rule.id);
+        let _ = now_ms;
+        let mut e = Entry::new(&rule);
         let metric = rule.cond.metric();
-        let ladder = self.ladders.entry(metric).or_default();
-        let key = (rule.cond.threshold, rule.id);
-        let state = if !rule.armed {
-            let level = rule
-                .rearm
-                .map_or(rule.cond.threshold, |r| rearm_level(&rule.cond, &r));
-            State::Waiting { level }
-        } else if rule.cond.edge()
-            && ladder.last.is_none_or(|v| {
-                if rule.cond.up() {
-                    v >= rule.cond.threshold
+        let l = self.ladder(metric);
+        e.state = if !rule.armed {
+            if rule.rearm.is_some() {
+                State::WaitRearm
+            } else {
+                State::WaitThreshold
+            }
+        } else if e.edge()
+            && l.last.is_none_or(|v| {
+                if e.up() {
+                    v >= e.threshold
                 } else {
-                    v <= rule.cond.threshold
+                    v <= e.threshold
                 }
             })
         {
             // A crossing needs the metric on the other side first.
-            State::Waiting {
-                level: rule.cond.threshold,
-            }
+            State::WaitThreshold
         } else {
             State::Armed
         };
-        let _ = now_ms;
-        place(ladder, &rule, state, key);
-        self.entries.insert(rule.id, Entry { rule, state });
+        l.place(&e);
+        l.refresh();
+        let at = self.ids.partition_point(|x| x.0 < rule.id);
+        self.ids.insert(at, (rule.id, self.slab.len() as u32));
+        self.slab.push(e);
         true
     }
 
     /// Removes an alert.
     pub fn remove(&mut self, id: i64) -> bool {
-        let Some(e) = self.entries.remove(&id) else {
+        let Ok(i) = self.ids.binary_search_by_key(&id, |x| x.0) else {
             return false;
         };
-        let metric = e.rule.cond.metric();
-        if let Some(l) = self.ladders.get_mut(&metric) {
-            unplace(l, &e.rule, e.state);
-            if l.up_armed.is_empty()
-                && l.down_armed.is_empty()
-                && l.up_waiting.is_empty()
-                && l.down_waiting.is_empty()
-                && !self
-                    .entries
-                    .values()
-                    .any(|x| x.rule.cond.metric() == metric)
-            {
-                self.ladders.remove(&metric);
+        let p = self.ids.remove(i).1 as usize;
+        let e = self.slab.swap_remove(p);
+        if p < self.slab.len() {
+            // The last entry moved into `p`.
+            let moved = self.slab[p].id;
+            if let Ok(j) = self.ids.binary_search_by_key(&moved, |x| x.0) {
+                self.ids[j].1 = p as u32;
+            }
+        }
+        let metric = entry_metric(&e);
+        if let Some(k) = self.ladders.iter().position(|(m, _)| *m == metric) {
+            let l = &mut self.ladders[k].1;
+            l.unplace(&e);
+            l.refresh();
+            if l.is_empty() && !self.slab.iter().any(|x| entry_metric(x) == metric) {
+                self.ladders.swap_remove(k);
             }
         }
         true
@@ -381,29 +550,22 @@ impl Index {
         rearmed: &mut Vec<i64>,
     ) {
         self.release_cooled(now_ms, rearmed);
-        let Some(l) = self.ladders.get_mut(&metric) else {
+        let Some(l) = self.ladder_if(metric) else {
             return;
         };
         l.last = Some(value);
+        if l.quiet(value) {
+            return;
+        }
         // Re-arm: upward alerts whose level the value fell below, downward ones it rose above
         // (strictly: a value sitting on a zero-hysteresis level re-arms nothing).
         use std::ops::Bound::{Excluded, Unbounded};
-        let up_back: Vec<(Decimal, i64)> = l
+        let mut back: Vec<i64> = l
             .up_waiting
             .range((Excluded((value, i64::MAX)), Unbounded))
-            .copied()
+            .map(|k| k.1)
             .collect();
-        let down_back: Vec<(Decimal, i64)> =
-            l.down_waiting.range(..(value, i64::MIN)).copied().collect();
-        let mut back = Vec::new();
-        for k in up_back {
-            l.up_waiting.remove(&k);
-            back.push(k.1);
-        }
-        for k in down_back {
-            l.down_waiting.remove(&k);
-            back.push(k.1);
-        }
+        back.extend(l.down_waiting.range(..(value, i64::MIN)).map(|k| k.1));
         // Fire: upward alerts at or below the value, downward ones at or above it.
         let mut hit: Vec<i64> = l
             .up_armed
@@ -412,48 +574,61 @@ impl Index {
             .collect();
         hit.extend(l.down_armed.range((value, i64::MIN)..).map(|k| k.1));
         for id in back {
-            let Some(e) = self.entries.get_mut(&id) else {
-                continue;
-            };
-            let until = match (e.rule.rearm, e.rule.last_fired_ms) {
-                (Some(r), Some(t)) => t + r.cooldown_ms as i64,
-                _ => now_ms,
+            let Some(p) = self.pos(id) else { continue };
+            let e = &mut self.slab[p];
+            let l = self
+                .ladders
+                .iter_mut()
+                .find(|(m, _)| *m == metric)
+                .map(|(_, l)| l)
+                .expect("present");
+            l.unplace(e);
+            let until = if e.rearm && e.last_fired_ms != i64::MIN {
+                e.cooled_at()
+            } else {
+                now_ms
             };
             if until <= now_ms {
                 e.state = State::Armed;
-                let l = self.ladders.get_mut(&metric).expect("present");
-                place(l, &e.rule, State::Armed, (e.rule.cond.threshold, id));
+                l.place(e);
                 rearmed.push(id);
             } else {
-                e.state = State::Cooling { until };
+                e.state = State::Cooling;
                 self.cooling.push(Reverse((until, id)));
             }
         }
+        let mut gone = Vec::new();
         for id in hit {
-            let Some(e) = self.entries.get_mut(&id) else {
-                continue;
-            };
-            let l = self.ladders.get_mut(&metric).expect("present");
-            unplace(l, &e.rule, State::Armed);
-            let one_shot = e.rule.rearm.is_none();
+            let Some(p) = self.pos(id) else { continue };
+            let e = &mut self.slab[p];
+            let l = self
+                .ladders
+                .iter_mut()
+                .find(|(m, _)| *m == metric)
+                .map(|(_, l)| l)
+                .expect("present");
+            l.unplace(e);
             fired.push(Fired {
                 alert_id: id,
-                user_id: e.rule.user_id,
-                version: e.rule.version,
-                cond: e.rule.cond,
+                user_id: e.user_id,
+                version: e.version,
+                cond: e.cond(),
                 observed: value,
-                one_shot,
+                one_shot: !e.rearm,
             });
-            if one_shot {
-                self.entries.remove(&id);
+            if e.rearm {
+                e.last_fired_ms = now_ms;
+                e.state = State::WaitRearm;
+                l.place(e);
             } else {
-                let r = e.rule.rearm.expect("not one-shot");
-                let level = rearm_level(&e.rule.cond, &r);
-                e.rule.last_fired_ms = Some(now_ms);
-                e.rule.armed = false;
-                e.state = State::Waiting { level };
-                place(l, &e.rule, e.state, (e.rule.cond.threshold, id));
+                gone.push(id);
             }
+        }
+        if let Some(l) = self.ladder_if(metric) {
+            l.refresh();
+        }
+        for id in gone {
+            self.remove(id);
         }
     }
 
@@ -464,33 +639,35 @@ impl Index {
                 break;
             }
             self.cooling.pop();
-            let Some(e) = self.entries.get_mut(&id) else {
+            let Some(p) = self.pos(id) else {
                 continue;
             };
-            if !matches!(e.state, State::Cooling { until: u } if u == until) {
+            let e = self.slab[p];
+            if e.state != State::Cooling || e.cooled_at() != until {
                 continue;
             }
-            let l = self.ladders.entry(e.rule.cond.metric()).or_default();
-            let c = e.rule.cond;
+            let metric = entry_metric(&e);
+            let l = self.ladder(metric);
             // A crossing suppressed by the cooldown is not fired late: if the metric is already
             // past the threshold, the alert waits for it to come back first.
-            let past = c.edge()
+            let past = e.edge()
                 && l.last.is_some_and(|v| {
-                    if c.up() {
-                        v >= c.threshold
+                    if e.up() {
+                        v >= e.threshold
                     } else {
-                        v <= c.threshold
+                        v <= e.threshold
                     }
                 });
+            let mut e2 = e;
             if past {
-                e.state = State::Waiting { level: c.threshold };
-                place(l, &e.rule, e.state, (c.threshold, id));
-                continue;
+                e2.state = State::WaitThreshold;
+            } else {
+                e2.state = State::Armed;
+                rearmed.push(id);
             }
-            e.state = State::Armed;
-            e.rule.armed = true;
-            place(l, &e.rule, State::Armed, (c.threshold, id));
-            rearmed.push(id);
+            l.place(&e2);
+            l.refresh();
+            self.slab[p] = e2;
         }
     }
 
@@ -498,11 +675,12 @@ impl Index {
     pub fn heap_bytes(&self) -> usize {
         let set =
             |s: &BTreeSet<(Decimal, i64)>| s.len() * (std::mem::size_of::<(Decimal, i64)>() + 8);
-        self.entries.capacity() * (std::mem::size_of::<(i64, Entry)>() + 1)
+        self.slab.capacity() * std::mem::size_of::<Entry>()
+            + self.ids.capacity() * std::mem::size_of::<(i64, u32)>()
             + self
                 .ladders
-                .values()
-                .map(|l| {
+                .iter()
+                .map(|(_, l)| {
                     set(&l.up_armed)
                         + set(&l.down_armed)
                         + set(&l.up_waiting)
@@ -510,38 +688,6 @@ impl Index {
                 })
                 .sum::<usize>()
             + self.cooling.capacity() * 16
-    }
-}
-
-fn place(l: &mut Ladder, r: &Rule, s: State, key: (Decimal, i64)) {
-    match s {
-        State::Armed if r.cond.up() => {
-            l.up_armed.insert(key);
-        }
-        State::Armed => {
-            l.down_armed.insert(key);
-        }
-        State::Waiting { level } if r.cond.up() => {
-            l.up_waiting.insert((level, r.id));
-        }
-        State::Waiting { level } => {
-            l.down_waiting.insert((level, r.id));
-        }
-        State::Cooling { .. } => {}
-    }
-}
-
-fn unplace(l: &mut Ladder, r: &Rule, s: State) {
-    match s {
-        State::Armed => {
-            l.up_armed.remove(&(r.cond.threshold, r.id));
-            l.down_armed.remove(&(r.cond.threshold, r.id));
-        }
-        State::Waiting { level } => {
-            l.up_waiting.remove(&(level, r.id));
-            l.down_waiting.remove(&(level, r.id));
-        }
-        State::Cooling { .. } => {}
     }
 }
 

@@ -262,6 +262,7 @@ impl AlertTap {
             s.index.seed(Metric::Price, p);
         }
         let key = s.key.clone();
+        s.index.reserve(rules.len());
         for r in rules {
             self.upsert_unloaded(&key, r, now_ms);
         }
