@@ -696,3 +696,171 @@ fn now_s() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::StreamConfig;
+    use super::*;
+    use pricefeed_runtime::shutdown::Shutdown;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::PollSender;
+
+    /// Every instrument is listed and priced at 100 with trade id 1.
+    struct Fake(Vec<Span>);
+
+    fn doc(id: u64) -> PriceDoc {
+        PriceDoc {
+            market: "spot".into(),
+            symbol: "BTCUSDT".into(),
+            price: Decimal::new(100 + id as i64, 0),
+            qty: Decimal::ONE,
+            trade_id: id,
+            ts: id as i64,
+        }
+    }
+
+    impl Source for Fake {
+        fn intervals(&self) -> &[Span] {
+            &self.0
+        }
+        async fn latest_price(&self, _: &InstrumentKey) -> anyhow::Result<Option<PriceDoc>> {
+            Ok(Some(doc(1)))
+        }
+        async fn latest_vwap(&self, _: &InstrumentKey, _: Span) -> anyhow::Result<Option<VwapDoc>> {
+            Ok(None)
+        }
+        async fn listed(&self, _: &InstrumentKey) -> anyhow::Result<bool> {
+            Ok(true)
+        }
+        fn price_now(&self, _: &InstrumentKey) -> Option<PriceDoc> {
+            None
+        }
+        fn vwap_now(&self, _: &InstrumentKey, _: Span) -> Option<VwapDoc> {
+            None
+        }
+        fn verify(&self, _: &str) -> Option<(i64, i64)> {
+            None
+        }
+    }
+
+    /// A client: its input sender, the connection's output receiver, the connection task.
+    type Client = (
+        mpsc::UnboundedSender<Result<Message, std::io::Error>>,
+        mpsc::Receiver<Message>,
+        tokio::task::JoinHandle<End>,
+    );
+
+    /// Runs a connection whose socket buffers `capacity` outgoing messages.
+    fn client(hub: &Arc<Hub>, src: &Arc<Fake>, capacity: usize) -> Client {
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(capacity);
+        let stream = Box::pin(futures_util::stream::unfold(in_rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }));
+        let (hub2, src2) = (hub.clone(), src.clone());
+        let guard = hub.connect().unwrap();
+        let task = tokio::spawn(async move {
+            run(&*src2, &hub2, guard, PollSender::new(out_tx), stream).await
+        });
+        (in_tx, out_rx, task)
+    }
+
+    fn text(s: &str) -> Result<Message, std::io::Error> {
+        Ok(Message::Text(s.into()))
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off_while_another_keeps_receiving() {
+        let shutdown = Shutdown::new();
+        let cfg = StreamConfig {
+            send_timeout_ms: 200,
+            ..StreamConfig::default()
+        };
+        let hub = Hub::start(cfg, &shutdown);
+        let src = Arc::new(Fake(vec![Span::MINUTE]));
+        // The slow client's socket takes one frame and is never read.
+        let (slow_in, _slow_out, slow) = client(&hub, &src, 1);
+        let (fast_in, mut fast_out, fast) = client(&hub, &src, 64);
+        let sub = r#"{"op":"subscribe","channels":["prices:BTCUSDT"]}"#;
+        slow_in.send(text(sub)).unwrap();
+        fast_in.send(text(sub)).unwrap();
+
+        let reader = tokio::spawn(async move {
+            let mut last = 0;
+            while let Some(m) = fast_out.recv().await {
+                if let Message::Text(t) = m {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "price" {
+                        let id = v["data"]["trade_id"].as_u64().unwrap();
+                        assert!(id > last, "forward only");
+                        last = id;
+                        if id == 200 {
+                            return last;
+                        }
+                    }
+                }
+            }
+            last
+        });
+        for id in 2..=200 {
+            hub.offer_prices(vec![doc(id)]);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let end = tokio::time::timeout(Duration::from_secs(5), slow)
+            .await
+            .expect("slow client cut off")
+            .unwrap();
+        assert_eq!(end, End::Slow);
+        let last = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("fast client got the last value")
+            .unwrap();
+        assert_eq!(last, 200);
+        // Shutdown closes the other one with 1001.
+        shutdown.trigger();
+        let end = tokio::time::timeout(Duration::from_secs(5), fast)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, End::Shutdown);
+        drop((slow_in, fast_in));
+    }
+
+    #[tokio::test]
+    async fn bad_frames_get_errors_and_oversized_ones_close_with_1009() {
+        let shutdown = Shutdown::new();
+        let cfg = StreamConfig {
+            max_frame_bytes: 256,
+            ..StreamConfig::default()
+        };
+        let hub = Hub::start(cfg, &shutdown);
+        let src = Arc::new(Fake(vec![Span::MINUTE]));
+        let (tx, mut rx, task) = client(&hub, &src, 64);
+        tx.send(text("{")).unwrap();
+        tx.send(Ok(Message::Binary(vec![0u8; 3].into()))).unwrap();
+        tx.send(text(r#"{"op":"ping"}"#)).unwrap();
+        let mut types = Vec::new();
+        while types.len() < 3 {
+            if let Some(Message::Text(t)) = rx.recv().await {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                types.push(format!("{}:{}", v["type"], v["code"]));
+            }
+        }
+        assert_eq!(
+            types,
+            [
+                r#""error":"bad_request""#,
+                r#""error":"bad_request""#,
+                r#""pong":null"#
+            ]
+        );
+        tx.send(text(&"x".repeat(300))).unwrap();
+        match rx.recv().await {
+            Some(Message::Close(Some(f))) => assert_eq!(f.code, 1009),
+            other => panic!("{other:?}"),
+        }
+        drop(tx);
+        assert_eq!(task.await.unwrap(), End::TooBig);
+        shutdown.trigger();
+    }
+}
