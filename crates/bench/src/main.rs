@@ -13,6 +13,7 @@
 
 mod cluster;
 mod e2e;
+mod fanout;
 mod history;
 mod latency;
 mod memory;
@@ -65,6 +66,12 @@ enum Cmd {
     HistoryRead(history::ReadArgs),
     /// REST reconciliation: backlog catch-up rate, steady-state rate, weight per 1 000 trades.
     Reconcile(reconcile::Args),
+    /// ≥ 20 000 client WebSockets on one node subscribed to one hot instrument: delivery
+    /// latency p50/p99, node CPU per frame and memory per connection.
+    Fanout(fanout::Args),
+    /// (internal) One client process of `fanout`.
+    #[command(hide = true)]
+    FanoutClient(fanout::ClientArgs),
     /// All four with their defaults, one after the other.
     All,
 }
@@ -105,6 +112,8 @@ async fn run_one(env: &Env, cmd: &Cmd) -> anyhow::Result<Vec<Table>> {
         Cmd::HistoryWrite(a) => vec![history::write(&sub("history-write"), a).await?],
         Cmd::HistoryRead(a) => vec![history::read(&sub("history-read"), a).await?],
         Cmd::Reconcile(a) => vec![reconcile::run(&sub("reconcile"), a).await?],
+        Cmd::Fanout(a) => vec![fanout::run(&sub("fanout"), a).await?],
+        Cmd::FanoutClient(_) => unreachable!("handled in main"),
         Cmd::All => {
             let mut out = Vec::new();
             // Parse each subcommand's defaults through clap so they match the single runs.
@@ -135,6 +144,15 @@ async fn terminated() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::FanoutClient(a) = &cli.cmd {
+        return match fanout::client(a).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fanout-client: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let bin_dir = cli.bin_dir.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -153,6 +171,8 @@ async fn main() -> ExitCode {
         Cmd::HistoryWrite(_) => "history-write",
         Cmd::HistoryRead(_) => "history-read",
         Cmd::Reconcile(_) => "reconcile",
+        Cmd::Fanout(_) => "fanout",
+        Cmd::FanoutClient(_) => "fanout-client",
         Cmd::All => "all",
     };
     let env = Env {
