@@ -815,6 +815,27 @@ async fn client_websocket_on_a_cluster() {
     assert!(gauge >= 1.0, "busy is connected: {gauge}");
     drop(busy);
 
+    // The route is in the OpenAPI document (101, with the protocol); a plain GET is a 400 problem.
+    let spec = get_json(&http, &nodes[other].url("/api/v1/openapi.json"))
+        .await
+        .unwrap();
+    let op = &spec["paths"]["/api/v1/stream"]["get"];
+    assert!(op["responses"].get("101").is_some(), "{op}");
+    assert!(
+        op["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"op\":\"subscribe\""),
+        "{op}"
+    );
+    let r = http
+        .get(nodes[other].url("/api/v1/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
     // 8. SIGTERM: every client gets 1001, the node exits cleanly.
     let mut clients = Vec::new();
     for name in ["s1", "s2", "s3"] {

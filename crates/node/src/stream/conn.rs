@@ -162,16 +162,22 @@ where
     let frames = metrics::counter!("pricefeed_stream_frames_total");
     let conflated = metrics::counter!("pricefeed_stream_conflated_total");
 
+    // Registered once: 20 000 connections re-registering on the shared token every wake-up
+    // would contend on its lock.
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     let closing: Option<Closing> = loop {
         tokio::select! {
             biased;
-            () = token.cancelled() => break Some(Closing::new(End::Shutdown, 1001, "server shutting down")),
+            () = &mut cancelled => break Some(Closing::new(End::Shutdown, 1001, "server shutting down")),
             () = outbox.ready() => {
                 let Ok(d) = outbox.drain() else {
                     break Some(Closing::new(End::Slow, 1008, format!(
                         "slow consumer: more than {} frames not read", cfg.max_queued_frames)));
                 };
-                conflated.increment(d.conflated);
+                if d.conflated > 0 {
+                    conflated.increment(d.conflated);
+                }
                 if d.frames.is_empty() {
                     continue;
                 }
@@ -182,7 +188,14 @@ where
                     }
                     sink.flush().await
                 };
-                match tokio::time::timeout(send_timeout, write).await {
+                tokio::pin!(write);
+                // The socket almost always takes the batch at once: arm the send timer only
+                // when it does not (a timer per write is measurable at 20 000 connections).
+                let done = match futures_util::poll!(&mut write) {
+                    std::task::Poll::Ready(r) => Ok(r),
+                    std::task::Poll::Pending => tokio::time::timeout(send_timeout, write).await,
+                };
+                match done {
                     Ok(Ok(())) => frames.increment(n),
                     Ok(Err(_)) => break None,
                     Err(_) => {
