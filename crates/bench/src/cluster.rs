@@ -177,6 +177,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// `GET url` as text (e.g. `/metrics`).
+    pub async fn get_text(&self, url: &str) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .text()
+            .await?)
+    }
+
     pub async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
         let r = self
             .http

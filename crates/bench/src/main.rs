@@ -14,6 +14,7 @@
 mod alert_index;
 mod cluster;
 mod e2e;
+mod fanout;
 mod history;
 mod latency;
 mod memory;
@@ -68,6 +69,12 @@ enum Cmd {
     Reconcile(reconcile::Args),
     /// Alert index vs a naive scan: ns per trade and bytes per alert with 1 M alerts.
     AlertIndex(alert_index::Args),
+    /// ≥ 20 000 client WebSockets on one node subscribed to one hot instrument: delivery
+    /// latency p50/p99, node CPU per frame and memory per connection.
+    Fanout(fanout::Args),
+    /// (internal) One client process of `fanout`.
+    #[command(hide = true)]
+    FanoutClient(fanout::ClientArgs),
     /// All four with their defaults, one after the other.
     All,
 }
@@ -109,6 +116,8 @@ async fn run_one(env: &Env, cmd: &Cmd) -> anyhow::Result<Vec<Table>> {
         Cmd::HistoryRead(a) => vec![history::read(&sub("history-read"), a).await?],
         Cmd::Reconcile(a) => vec![reconcile::run(&sub("reconcile"), a).await?],
         Cmd::AlertIndex(a) => vec![alert_index::run(a)?],
+        Cmd::Fanout(a) => vec![fanout::run(&sub("fanout"), a).await?],
+        Cmd::FanoutClient(_) => unreachable!("handled in main"),
         Cmd::All => {
             let mut out = Vec::new();
             // Parse each subcommand's defaults through clap so they match the single runs.
@@ -139,6 +148,15 @@ async fn terminated() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::FanoutClient(a) = &cli.cmd {
+        return match fanout::client(a).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fanout-client: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let bin_dir = cli.bin_dir.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -158,6 +176,8 @@ async fn main() -> ExitCode {
         Cmd::HistoryRead(_) => "history-read",
         Cmd::Reconcile(_) => "reconcile",
         Cmd::AlertIndex(_) => "alert-index",
+        Cmd::Fanout(_) => "fanout",
+        Cmd::FanoutClient(_) => "fanout-client",
         Cmd::All => "all",
     };
     let env = Env {

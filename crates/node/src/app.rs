@@ -131,6 +131,15 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         "vwap ticks",
         shutdown.token(),
     ));
+    // Client WebSocket hub, fed by the caches above (one Redis subscription per node).
+    let stream = crate::stream::start(
+        cfg.node.stream.clone(),
+        &prices,
+        &vwaps,
+        cfg.redis.url.expose().to_string(),
+        keys.alert_events(),
+        shutdown,
+    );
     let state = AppState {
         db,
         node_id: Arc::from(node_id.as_str()),
@@ -141,6 +150,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         ingest,
         prices,
         vwaps,
+        stream,
         ids,
         vwap: Arc::new(cfg.vwap.clone()),
         retention: Arc::new(cfg.retention.clone()),

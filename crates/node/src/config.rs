@@ -11,6 +11,7 @@ use pricefeed_store::history::{RetentionConfig, VwapConfig};
 use crate::alerts::AlertsConfig;
 use crate::auth::AuthConfig;
 use crate::live::LiveConfig;
+use crate::stream::StreamConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +64,9 @@ pub struct NodeSection {
     /// `[node.live]`: publication of live VWAPs, statistics and rank.
     #[serde(default)]
     pub live: LiveConfig,
+    /// `[node.stream]`: limits and timers of the client WebSocket.
+    #[serde(default)]
+    pub stream: StreamConfig,
 }
 
 /// `[node.feed]`: broker WebSocket connections, trade ingest and latest-price publishing.
@@ -213,6 +217,7 @@ impl Validate for NodeConfig {
         }
         self.node.feed.validate()?;
         self.node.live.validate()?;
+        self.node.stream.validate()?;
         self.vwap.validate()?;
         self.retention.validate()?;
         self.auth.validate()?;

@@ -12,6 +12,7 @@
 //! - [`live_cache`]: latest prices and VWAPs of every instrument, fed by the owners' channels.
 //! - [`live`]: live VWAP windows and 24 h statistics of the owned instruments, and the rank.
 //! - [`pubsub`]: the one subscribe/resubscribe loop behind every Redis channel the node hears.
+//! - [`stream`]: the client WebSocket `/api/v1/stream` (prices, VWAPs, alerts, watches).
 
 pub mod alerts;
 pub mod api;
@@ -24,3 +25,4 @@ pub mod live_cache;
 pub mod membership;
 pub mod pubsub;
 pub mod state;
+pub mod stream;

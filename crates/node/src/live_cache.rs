@@ -20,11 +20,16 @@
 //! - The node's own ingest state is consulted before the price cache (it is fresher); see
 //!   [`crate::api::prices::lookup`].
 //!
+//! - A notification hook ([`LiveCache::set_hook`]) receives every document that changed an
+//!   entry, after the write lock is released: the client WebSocket hub fans updates out from
+//!   this one subscription instead of one Redis subscription per client. The hook must not
+//!   wait (the hub's is a `try_send`).
+//!
 //! Metrics: `pricefeed_live_cache_total{cache=price|vwap, result=hit|miss}`.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -67,7 +72,6 @@ pub type VwapCache = LiveCache<VwapDoc>;
 /// Live values keyed by their Redis hash field (see the module docs).
 ///
 /// Build it after the metrics recorder is installed: it keeps its counter handles.
-#[derive(Debug)]
 pub struct LiveCache<D> {
     map: RwLock<HashMap<String, D>>,
     /// Whether the subscription is up (entries may be served).
@@ -76,7 +80,22 @@ pub struct LiveCache<D> {
     generation: AtomicU64,
     hits: Counter,
     misses: Counter,
+    /// Called with the documents that changed entries (see the module docs).
+    hook: OnceLock<Hook<D>>,
 }
+
+impl<D> std::fmt::Debug for LiveCache<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCache")
+            .field("verified", &self.verified)
+            .field("generation", &self.generation)
+            .field("hooked", &self.hook.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`LiveCache`] notification hook.
+pub type Hook<D> = Box<dyn Fn(Vec<D>) + Send + Sync>;
 
 impl<D: CachedDoc> LiveCache<D> {
     /// An empty, unverified cache; `name` labels its metrics (`price`, `vwap`).
@@ -87,7 +106,14 @@ impl<D: CachedDoc> LiveCache<D> {
             generation: AtomicU64::new(0),
             hits: metrics::counter!("pricefeed_live_cache_total", "cache" => name, "result" => "hit"),
             misses: metrics::counter!("pricefeed_live_cache_total", "cache" => name, "result" => "miss"),
+            hook: OnceLock::new(),
         }
+    }
+
+    /// Installs the notification hook (once; a second call is ignored). It runs on the
+    /// subscription's task for every message that changed something, so it must not wait.
+    pub fn set_hook(&self, hook: impl Fn(Vec<D>) + Send + Sync + 'static) {
+        let _ = self.hook.set(Box::new(hook));
     }
 
     /// The cached value of `field`, counting a hit or a miss. `None` also while unverified.
@@ -134,13 +160,25 @@ impl<D: CachedDoc> LiveCache<D> {
     /// changed, or `None` when the payload is malformed.
     pub fn apply(&self, payload: &[u8]) -> Option<usize> {
         let docs: Vec<D> = serde_json::from_slice(payload).ok()?;
+        let hook = self.hook.get();
         let mut changed = 0;
-        let mut map = self.map.write().unwrap();
-        for d in docs {
-            let Some(field) = d.field() else { continue };
-            if upsert(&mut map, field, d) {
-                changed += 1;
+        let mut notify = Vec::new();
+        {
+            let mut map = self.map.write().unwrap();
+            for d in docs {
+                let Some(field) = d.field() else { continue };
+                // Copied only when someone listens; cheaper than a second lookup afterwards.
+                let copy = hook.map(|_| d.clone());
+                if upsert(&mut map, field, d) {
+                    changed += 1;
+                    notify.extend(copy);
+                }
             }
+        }
+        if let Some(h) = hook
+            && !notify.is_empty()
+        {
+            h(notify);
         }
         Some(changed)
     }

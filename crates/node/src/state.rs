@@ -26,6 +26,8 @@ pub struct AppState {
     pub prices: Arc<crate::live_cache::PriceCache>,
     /// Latest VWAPs of every instrument, fed by the VWAP channel.
     pub vwaps: Arc<crate::live_cache::VwapCache>,
+    /// The client WebSocket hub (`/api/v1/stream`).
+    pub stream: Arc<crate::stream::Hub>,
     /// Instrument key ↔ history id.
     pub ids: pricefeed_store::history::InstrumentIds,
     /// `[vwap]` and `[retention]`, for the history routes.

@@ -60,6 +60,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "accounts", description = "Registration, tokens, admin"),
         (name = "alerts", description = "Price and anomaly alerts and their notifications"),
         (name = "cluster", description = "Nodes and their state"),
+        (name = "stream", description = "Client WebSocket: live prices, VWAPs, alert triggers, threshold watches"),
     )
 )]
 struct ApiDoc;
@@ -78,7 +79,8 @@ pub fn router(state: AppState) -> Router {
                 .merge(vwap::router())
                 .merge(stats::router())
                 .merge(crate::auth::api::router())
-                .merge(crate::alerts::api::router()),
+                .merge(crate::alerts::api::router())
+                .merge(crate::stream::router()),
         )
         .split_for_parts();
     let api = api.with_state(state);

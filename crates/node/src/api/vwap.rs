@@ -131,9 +131,25 @@ async fn get_vwap(
 }
 
 async fn latest(st: &AppState, key: &InstrumentKey, interval: Span) -> ApiResult<VwapDoc> {
+    if let Some(d) = latest_doc(st, key, interval).await? {
+        return Ok(d);
+    }
+    let listed = pricefeed_store::instruments::instrument_exists(&st.db, key)
+        .await
+        .map_err(ApiError::from)?;
+    Err(not_found(listed, key, "VWAP"))
+}
+
+/// The latest VWAP of `key` over `interval`: the node's VWAP cache, else one Redis `HGET`
+/// (stored in the cache); `None` when there is none (shared with the client WebSocket).
+pub(crate) async fn latest_doc(
+    st: &AppState,
+    key: &InstrumentKey,
+    interval: Span,
+) -> ApiResult<Option<VwapDoc>> {
     let field = vwap_field(key, &interval.to_string());
     if let Some(d) = st.vwaps.get(&field) {
-        return Ok(d);
+        return Ok(Some(d));
     }
     let ticket = st.vwaps.read_ticket();
     let mut redis = st.redis.clone();
@@ -142,14 +158,9 @@ async fn latest(st: &AppState, key: &InstrumentKey, interval: Span) -> ApiResult
         .arg(&field)
         .query_async(&mut redis)
         .await?;
-    if let Some(d) = raw.and_then(|s| serde_json::from_str::<VwapDoc>(&s).ok()) {
-        st.vwaps.store_read(ticket, &d);
-        return Ok(d);
-    }
-    let listed = pricefeed_store::instruments::instrument_exists(&st.db, key)
-        .await
-        .map_err(ApiError::from)?;
-    Err(not_found(listed, key, "VWAP"))
+    Ok(raw
+        .and_then(|s| serde_json::from_str::<VwapDoc>(&s).ok())
+        .inspect(|d| st.vwaps.store_read(ticket, d)))
 }
 
 async fn as_of(
