@@ -37,58 +37,48 @@ pub async fn begin_attempt(
     worker: &str,
     send_timeout: Duration,
 ) -> Result<Begin, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // FOR SHARE: a takeover (the claim UPDATE) waits until this attempt is recorded, so the
-    // next holder always sees it.
-    let held: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE id = $1 AND lease_seq = $2 \
-           AND lease_until > now() + $3 * interval '1 millisecond' FOR SHARE",
+    // One statement, one round trip (it runs once per mail). The claim is read FOR SHARE, so a
+    // takeover (the claim UPDATE) waits until this attempt is recorded and the next holder
+    // always sees it; the delivery row is locked by its UPDATE, which re-checks `pending`.
+    // Data-modifying CTEs share one snapshot: `lost` cannot see the row `ins` adds.
+    let row: (bool, Option<String>, Option<i32>, Option<i32>) = sqlx::query_as(
+        "WITH fence AS ( \
+             SELECT id FROM jobs WHERE id = $2 AND lease_seq = $3 \
+               AND lease_until > now() + $5 * interval '1 millisecond' FOR SHARE), \
+         bump AS ( \
+             UPDATE deliveries SET attempts = attempts + 1 \
+             WHERE id = $1 AND state = 'pending' AND EXISTS (SELECT 1 FROM fence) \
+             RETURNING attempts), \
+         lost AS ( \
+             UPDATE email_attempts SET outcome = 'unknown', finished_at = now(), \
+                 detail = 'worker lost while sending; the server may hold a copy; re-sent with the same Message-ID' \
+             WHERE delivery_id = $1 AND outcome IS NULL AND EXISTS (SELECT 1 FROM bump) \
+             RETURNING attempt), \
+         ins AS ( \
+             INSERT INTO email_attempts (delivery_id, attempt, worker, lease_seq) \
+             SELECT $1, attempts, $4, $3 FROM bump) \
+         SELECT EXISTS (SELECT 1 FROM fence), \
+                (SELECT state FROM deliveries WHERE id = $1), \
+                (SELECT attempts FROM bump), \
+                (SELECT max(attempt) FROM lost)",
     )
+    .bind(delivery_id)
     .bind(fence.0)
     .bind(fence.1)
-    .bind(send_timeout.as_secs_f64() * 1000.0)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if held.is_none() {
-        return Ok(Begin::Fenced);
-    }
-    let state: Option<String> =
-        sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1 FOR UPDATE")
-            .bind(delivery_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    match state.as_deref() {
-        None => return Ok(Begin::Skip("gone".into())),
-        Some("pending") => {}
-        Some(s) => return Ok(Begin::Skip(s.to_string())),
-    }
-    let interrupted: Option<i32> = sqlx::query_scalar(
-        "UPDATE email_attempts SET outcome = 'unknown', finished_at = now(), \
-             detail = 'worker lost while sending; the server may hold a copy; re-sent with the same Message-ID' \
-         WHERE delivery_id = $1 AND outcome IS NULL RETURNING attempt",
-    )
-    .bind(delivery_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let attempt: i32 = sqlx::query_scalar(
-        "UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
-    )
-    .bind(delivery_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO email_attempts (delivery_id, attempt, worker, lease_seq) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(delivery_id)
-    .bind(attempt)
     .bind(worker)
-    .bind(fence.1)
-    .execute(&mut *tx)
+    .bind(send_timeout.as_secs_f64() * 1000.0)
+    .fetch_one(pool)
     .await?;
-    tx.commit().await?;
-    Ok(Begin::Send {
-        attempt,
-        interrupted,
+    Ok(match row {
+        (false, _, _, _) => Begin::Fenced,
+        (true, _, Some(attempt), interrupted) => Begin::Send {
+            attempt,
+            interrupted,
+        },
+        (true, None, None, _) => Begin::Skip("gone".into()),
+        // The snapshot may still say `pending` when a concurrent finish won the row lock.
+        (true, Some(s), None, _) if s == "pending" => Begin::Skip("finished meanwhile".into()),
+        (true, Some(s), None, _) => Begin::Skip(s),
     })
 }
 
@@ -104,6 +94,9 @@ pub struct AttemptResult<'a> {
     pub final_state: Option<&'a str>,
     /// What `GET /alerts/{id}/notifications` shows as `last_error` (unchanged when `None`).
     pub last_error: Option<&'a str>,
+    /// With a final state: the job claim `(job id, lease_seq)` to close in the same statement
+    /// (`done`, or `dead` with `last_error`), fenced by its `lease_seq`.
+    pub job: Option<(i64, i64)>,
 }
 
 /// Records attempt `attempt` of `delivery_id` and, when final, the delivery's state, in one
@@ -120,7 +113,12 @@ pub async fn finish_attempt(
     let n = sqlx::query(
         "WITH a AS ( \
              UPDATE email_attempts SET outcome = $3, smtp_code = $4, detail = $5, finished_at = now() \
-             WHERE delivery_id = $1 AND attempt = $2) \
+             WHERE delivery_id = $1 AND attempt = $2), \
+         j AS ( \
+             UPDATE jobs SET state = CASE WHEN $6 = 'sent' THEN 'done' ELSE 'dead' END, \
+                 last_error = COALESCE($7, last_error), lease_owner = NULL, lease_until = NULL, \
+                 updated_at = now() \
+             WHERE $6 IS NOT NULL AND id = $8 AND lease_seq = $9) \
          UPDATE deliveries SET state = COALESCE($6, state), \
              last_error = COALESCE($7, last_error), \
              sent_at = CASE WHEN $6 = 'sent' THEN now() ELSE sent_at END \
@@ -133,6 +131,8 @@ pub async fn finish_attempt(
     .bind(r.detail)
     .bind(r.final_state)
     .bind(r.last_error)
+    .bind(r.job.map(|j| j.0))
+    .bind(r.job.map(|j| j.1))
     .execute(pool)
     .await?
     .rows_affected();
@@ -280,9 +280,22 @@ mod tests {
             detail: "2.0.0 queued",
             final_state: Some("sent"),
             last_error: None,
+            job: Some(jb.fence()),
         };
         assert!(finish_attempt(&pool, id, 2, &ok).await.unwrap());
         assert!(!finish_attempt(&pool, id, 2, &ok).await.unwrap(), "once");
+        // The job was closed with it: the claim is spent.
+        assert_eq!(
+            begin_attempt(&pool, id, jb.fence(), "b", send)
+                .await
+                .unwrap(),
+            Begin::Fenced
+        );
+        // A claim that still holds (a job whose own update was lost) finds nothing to send.
+        sqlx::query("UPDATE jobs SET lease_until = now() + interval '1 minute'")
+            .execute(&pool)
+            .await
+            .unwrap();
         assert_eq!(
             begin_attempt(&pool, id, jb.fence(), "b", send)
                 .await
@@ -301,5 +314,11 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((state.as_str(), attempts, sent), ("sent", 2, true));
+        let job: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+            .bind(jb.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(job, "done", "closed in the same statement");
     }
 }

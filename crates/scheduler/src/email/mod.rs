@@ -175,6 +175,9 @@ impl EmailSender {
             detail: &out.detail,
             final_state,
             last_error,
+            // A final state closes the job in the same statement (one round trip fewer per mail,
+            // and the delivery and its job can never disagree).
+            job: final_state.map(|_| job.fence()),
         };
         if let Err(e) = self.record(id, attempt, &r).await {
             tracing::error!(delivery = id, attempt, error = %e,
@@ -188,7 +191,7 @@ impl EmailSender {
                     .record(age_ms as f64 / 1000.0);
                 metrics::counter!("pricefeed_email_deliveries_total", "outcome" => "sent")
                     .increment(1);
-                JobOutcome::Done
+                JobOutcome::Closed
             }
             Next::RetryAfter(after) => {
                 tracing::info!(delivery = id, attempt, retry_in_ms = after.as_millis() as u64,
@@ -199,7 +202,7 @@ impl EmailSender {
                 tracing::warn!(delivery = id, attempt, error = %e, "email dead-lettered");
                 metrics::counter!("pricefeed_email_deliveries_total", "outcome" => "dead")
                     .increment(1);
-                JobOutcome::Dead(e)
+                JobOutcome::Closed
             }
         }
     }
