@@ -8,11 +8,12 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! target/release/pricefeed-bench e2e|latency|prices|memory|all
+//! target/release/pricefeed-bench e2e|latency|prices|memory|email|all
 //! ```
 
 mod cluster;
 mod e2e;
+mod email;
 mod history;
 mod latency;
 mod memory;
@@ -65,6 +66,8 @@ enum Cmd {
     HistoryRead(history::ReadArgs),
     /// REST reconciliation: backlog catch-up rate, steady-state rate, weight per 1 000 trades.
     Reconcile(reconcile::Args),
+    /// Alert emails: triggers/s committed → accepted by an SMTP sink (latency p50/p99, sent/s).
+    Email(email::Args),
     /// All four with their defaults, one after the other.
     All,
 }
@@ -105,6 +108,7 @@ async fn run_one(env: &Env, cmd: &Cmd) -> anyhow::Result<Vec<Table>> {
         Cmd::HistoryWrite(a) => vec![history::write(&sub("history-write"), a).await?],
         Cmd::HistoryRead(a) => vec![history::read(&sub("history-read"), a).await?],
         Cmd::Reconcile(a) => vec![reconcile::run(&sub("reconcile"), a).await?],
+        Cmd::Email(a) => vec![email::run(&sub("email"), a).await?],
         Cmd::All => {
             let mut out = Vec::new();
             // Parse each subcommand's defaults through clap so they match the single runs.
@@ -153,6 +157,7 @@ async fn main() -> ExitCode {
         Cmd::HistoryWrite(_) => "history-write",
         Cmd::HistoryRead(_) => "history-read",
         Cmd::Reconcile(_) => "reconcile",
+        Cmd::Email(_) => "email",
         Cmd::All => "all",
     };
     let env = Env {
