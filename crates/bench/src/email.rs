@@ -390,6 +390,18 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
         repeats.to_string(),
     );
     t.row("drained after", format!("{drained_secs:.1} s"));
+    let tck = crate::procs::clk_tck();
+    let cpu: f64 = workers
+        .iter()
+        .filter_map(|w| crate::procs::cpu_seconds(w.pid(), tck).ok())
+        .sum();
+    t.row(
+        "worker CPU (all workers)",
+        format!(
+            "{cpu:.1} s = {:.2} ms per mail sent",
+            cpu * 1000.0 / sent.max(1) as f64
+        ),
+    );
     t.verdict(if p99 <= 5.0 && sent == committed {
         format!("target met: p99 {p99:.3} s ≤ 5 s, every trigger sent")
     } else {
