@@ -5,6 +5,7 @@
 #   3. unit, integration (real Postgres/Redis; one database per test) and end-to-end tests
 #      across processes, with cargo-nextest (cargo test when nextest is missing)
 #   4. Python checks in a venv: docker compose validation, third-party Binance clients
+#   (the venv also provides aiosmtpd, the SMTP server of the email delivery tests)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$PF_ROOT"
@@ -48,6 +49,8 @@ export PRICEFEED_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export PRICEFEED_TEST_REDIS_SERVER="$(command -v redis-server)"
 export PRICEFEED_BIN_DIR="$CARGO_TARGET_DIR/debug"
 export PRICEFEED_SIM_BIN="$PRICEFEED_BIN_DIR/pricefeed-sim"
+# The email tests run a real SMTP server (tests/smtp/sink.py, aiosmtpd from the venv).
+export PRICEFEED_TEST_PYTHON="$PF_VENV/bin/python"
 
 step "building binaries"
 cargo build --workspace --bins -q || die "cargo build failed"

@@ -106,7 +106,11 @@ start_child() { # start_child NAME: (re)starts one supervised process by its nam
     scheduler)
       spawn scheduler env PRICEFEED__SCHEDULER__HTTP__BIND="127.0.0.1:$SCHED_PORT" "$BIN/pricefeed-scheduler" scheduler ;;
     worker)
-      spawn worker env PRICEFEED__WORKER__HTTP__BIND="127.0.0.1:$WORKER_PORT" "$BIN/pricefeed-scheduler" worker ;;
+      # Alert emails go to the maildev sink started above (read them at http://127.0.0.1:$MAIL_WEB).
+      spawn worker env PRICEFEED__WORKER__HTTP__BIND="127.0.0.1:$WORKER_PORT" \
+        PRICEFEED__EMAIL__HOST=127.0.0.1 PRICEFEED__EMAIL__PORT="$SMTP_PORT" PRICEFEED__EMAIL__TLS=none \
+        PRICEFEED__EMAIL__PUBLIC_BASE_URL="http://127.0.0.1:${NODE_PORTS[0]}" \
+        "$BIN/pricefeed-scheduler" worker ;;
   esac
 }
 
@@ -139,7 +143,8 @@ cat <<MSG
   Scheduler       http://127.0.0.1:$SCHED_PORT/readyz     Worker http://127.0.0.1:$WORKER_PORT/readyz
   Simulator       spot http://127.0.0.1:$SIM_SPOT  futures http://127.0.0.1:$SIM_FUT  options http://127.0.0.1:$SIM_OPT
                   control http://127.0.0.1:$SIM_CTL/control
-  Mail sink       http://127.0.0.1:$MAIL_WEB  (SMTP 127.0.0.1:$SMTP_PORT)
+  Mail sink       http://127.0.0.1:$MAIL_WEB  (SMTP 127.0.0.1:$SMTP_PORT; alert emails land here,
+                  JSON at http://127.0.0.1:$MAIL_WEB/email)
   Postgres        postgres://pricefeed@127.0.0.1:$PG_PORT/pricefeed
   Redis           redis://127.0.0.1:$REDIS_PORT
   Logs            $LOGS

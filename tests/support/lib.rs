@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+pub mod smtp;
+
 /// Directory holding the built binaries.
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("PRICEFEED_BIN_DIR") {

@@ -8,12 +8,13 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! target/release/pricefeed-bench e2e|latency|prices|memory|history-write|history-read|reconcile|alert-index|all
+//! target/release/pricefeed-bench e2e|latency|prices|memory|history-write|history-read|reconcile|alert-index|fanout|email|all
 //! ```
 
 mod alert_index;
 mod cluster;
 mod e2e;
+mod email;
 mod fanout;
 mod history;
 mod latency;
@@ -75,6 +76,8 @@ enum Cmd {
     /// (internal) One client process of `fanout`.
     #[command(hide = true)]
     FanoutClient(fanout::ClientArgs),
+    /// Alert emails: triggers/s committed → accepted by an SMTP sink (latency p50/p99, sent/s).
+    Email(email::Args),
     /// All four with their defaults, one after the other.
     All,
 }
@@ -118,6 +121,7 @@ async fn run_one(env: &Env, cmd: &Cmd) -> anyhow::Result<Vec<Table>> {
         Cmd::AlertIndex(a) => vec![alert_index::run(a)?],
         Cmd::Fanout(a) => vec![fanout::run(&sub("fanout"), a).await?],
         Cmd::FanoutClient(_) => unreachable!("handled in main"),
+        Cmd::Email(a) => vec![email::run(&sub("email"), a).await?],
         Cmd::All => {
             let mut out = Vec::new();
             // Parse each subcommand's defaults through clap so they match the single runs.
@@ -178,6 +182,7 @@ async fn main() -> ExitCode {
         Cmd::AlertIndex(_) => "alert-index",
         Cmd::Fanout(_) => "fanout",
         Cmd::FanoutClient(_) => "fanout-client",
+        Cmd::Email(_) => "email",
         Cmd::All => "all",
     };
     let env = Env {

@@ -10,6 +10,7 @@ use pricefeed_store::jobs::Jobs;
 use pricefeed_store::protocol::Keys;
 
 use crate::config::SchedulerConfig;
+use crate::email::EmailSender;
 use crate::feed_health::FeedHealth;
 use crate::housekeeping::{RankUpkeep, Retention};
 use crate::leader::{LeaderLoop, LeaderStatus, LeaderTask};
@@ -121,18 +122,24 @@ pub async fn start(
         telemetry::metrics_handle();
         let client = pricefeed_broker::rest_client::RestClient::from_config(&cfg.broker)
             .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?;
+        let holder = holder_id();
         // Job handlers, one line each.
-        let handlers: Vec<Arc<dyn JobHandler>> = vec![Arc::new(Reconciler::new(
-            db.clone(),
-            redis.clone(),
-            Keys::new(&cfg.redis.key_prefix),
-            client,
-            cfg.reconcile.clone(),
-            &cfg.vwap,
-            cfg.retention.clone(),
-        ))];
+        let handlers: Vec<Arc<dyn JobHandler>> = vec![
+            Arc::new(Reconciler::new(
+                db.clone(),
+                redis.clone(),
+                Keys::new(&cfg.redis.key_prefix),
+                client,
+                cfg.reconcile.clone(),
+                &cfg.vwap,
+                cfg.retention.clone(),
+            )),
+            Arc::new(EmailSender::new(db.clone(), &cfg.email, &holder)?),
+        ];
+        tracing::info!(host = %cfg.email.host, port = cfg.email.port, tls = ?cfg.email.tls,
+            "alert emails go through this SMTP relay");
         let runner = Runner {
-            jobs: Jobs::new(db.clone(), &holder_id()),
+            jobs: Jobs::new(db.clone(), &holder),
             handlers,
             concurrency: cfg.worker.concurrency,
             poll: Duration::from_millis(cfg.worker.poll_ms),

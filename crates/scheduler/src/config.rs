@@ -1,5 +1,5 @@
-//! Typed configuration of the scheduler binary (sections `scheduler`, `worker`, `reconcile`,
-//! `vwap`, `retention`, `database`, `redis`, `broker`, `telemetry`, `shutdown`).
+//! Typed configuration of the scheduler binary (sections `scheduler`, `worker`, `email`,
+//! `reconcile`, `vwap`, `retention`, `database`, `redis`, `broker`, `telemetry`, `shutdown`).
 
 use pricefeed_runtime::config::{
     BrokerConfig, ConfigError, DatabaseConfig, HttpConfig, RedisConfig, ShutdownConfig,
@@ -8,6 +8,7 @@ use pricefeed_runtime::config::{
 use pricefeed_store::history::{RetentionConfig, VwapConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::email::config::EmailConfig;
 use crate::reconcile::ReconcileConfig;
 use crate::worker::WorkerSection;
 
@@ -15,6 +16,9 @@ use crate::worker::WorkerSection;
 pub struct SchedulerConfig {
     pub scheduler: SchedulerSection,
     pub worker: WorkerSection,
+    /// `[email]`: SMTP relay and retry policy of alert emails (worker jobs).
+    #[serde(default)]
+    pub email: EmailConfig,
     /// `[reconcile]`: REST reconciliation (worker jobs).
     #[serde(default)]
     pub reconcile: ReconcileConfig,
@@ -154,6 +158,7 @@ impl Validate for SchedulerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.scheduler.validate()?;
         self.worker.validate()?;
+        self.email.validate(self.worker.lease_ms)?;
         self.reconcile.validate()?;
         self.vwap.validate()?;
         self.retention.validate()?;

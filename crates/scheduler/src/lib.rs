@@ -11,9 +11,11 @@
 //! - [`housekeeping`]: partition retention and rank upkeep (leader only).
 //! - [`reconcile`]: REST reconciliation jobs (worker) and their upkeep (leader).
 //! - [`worker`]: the job runner of the worker role.
+//! - [`email`]: alert email delivery (worker jobs over SMTP).
 
 pub mod app;
 pub mod config;
+pub mod email;
 pub mod feed_health;
 pub mod housekeeping;
 pub mod leader;

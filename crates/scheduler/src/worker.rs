@@ -80,6 +80,9 @@ pub enum JobOutcome {
     Done,
     /// Failed for good (dead letter).
     Dead(String),
+    /// The handler already closed the job row itself, in the transaction that recorded its
+    /// result (fenced by `lease_seq`); nothing left to write.
+    Closed,
 }
 
 /// Runs jobs of one kind.
@@ -203,7 +206,7 @@ async fn run_one(
         Some(JobOutcome::Retry(after, e)) => jobs.retry_later(&job, after, &e).await,
         Some(JobOutcome::Done) => jobs.done(&job).await,
         Some(JobOutcome::Dead(e)) => jobs.dead(&job, &e).await,
-        None => Ok(false),
+        Some(JobOutcome::Closed) | None => Ok(false),
     };
     if let Err(e) = res {
         tracing::warn!(kind, error = %e, "recording a job outcome failed; its lease will expire");

@@ -633,27 +633,6 @@ pub async fn email_delivery(pool: &PgPool, id: i64) -> Result<Option<EmailDelive
     }))
 }
 
-/// Records the outcome of one email attempt: `Some(state)` sets the final state (`sent`,
-/// `dead`), `None` keeps it pending (a transient failure).
-pub async fn record_email_attempt(
-    pool: &PgPool,
-    id: i64,
-    state: Option<&str>,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE deliveries SET attempts = attempts + 1, last_error = COALESCE($3, last_error), \
-             state = COALESCE($2, state), sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END \
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(state)
-    .bind(error)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
 /// A delivery as the notifications API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeliveryRow {

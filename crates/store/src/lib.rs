@@ -1,6 +1,7 @@
 //! Storage adapters: Postgres (source of truth) and Redis (rebuildable state).
 //!
 //! - [`alerts`]: users, refresh tokens, alerts, triggers and the delivery outbox.
+//! - [`email`]: the send log of email deliveries (in-flight marking, fenced by the job claim).
 //! - [`pg`]: pool construction, migrations under an advisory lock, readiness check.
 //! - [`instruments`]: the instrument repository (underlyings and derivatives).
 //! - [`redis_conn`]: Redis connection manager and readiness check.
@@ -16,6 +17,7 @@
 
 pub mod alerts;
 pub mod assignment;
+pub mod email;
 pub mod feed;
 pub mod history;
 pub mod instruments;

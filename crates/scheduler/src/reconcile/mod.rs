@@ -6,7 +6,7 @@
 //! transaction per page ([`pricefeed_store::history::reconcile::commit`]), so it is
 //! restart-safe and safe with any number of worker replicas.
 //!
-//! What is fetched (docs/decisions/0009-reconciliation-rest-strategy.md):
+//! What is fetched (docs/decisions/0012-reconciliation-rest-strategy.md):
 //! - **spot**: `aggTrades` by aggregate id (weight 4, up to 1,000 aggregates ≈ 1,600 trades),
 //!   which confirms every range whose stored trades add up; `historicalTrades` (weight 25) only
 //!   for the aggregates that disagree;
