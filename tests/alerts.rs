@@ -6,7 +6,8 @@
 //! against the simulator's ground truth afterwards: every firing is a real crossing by the trade
 //! it names, no one-shot alert fires twice, no crossing that happened after an alert existed is
 //! missed, a re-arming alert keeps its cooldown, and the trigger was committed by the node that
-//! owned the instrument at the time.
+//! owned the instrument at the time; and every trigger's email reached a real SMTP server
+//! (`tests/smtp/sink.py`, through a `pricefeed-scheduler worker`) exactly once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pricefeed_store::protocol::Keys;
+use pricefeed_tests::smtp::SmtpSink;
 use pricefeed_tests::{
     Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
     migrate, seed_from_catalogue, signal, start_nodes, start_schedulers, wait_for, wall_ms,
@@ -180,7 +182,10 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
             "2000".to_string(),
         ),
         ("PRICEFEED__ALERTS__EMAILS_PER_HOUR".into(), "10000".into()),
+        ("PRICEFEED__WORKER__POLL_MS".into(), "100".into()),
     ]);
+    let sink = SmtpSink::start(&["--no-body"]).await;
+    env.extend(sink.worker_env());
     let prefix = key_prefix(&env);
     migrate(&env, READY).await;
     let keys = seed_from_catalogue(&http, &sim, &db).await;
@@ -188,6 +193,14 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     let events = listen(&prefix).await;
     let _sched = start_schedulers(&["sched"], &env).await;
+    let worker = Proc::start_ready(
+        "worker",
+        &pricefeed_tests::bin("pricefeed-scheduler"),
+        &["worker"],
+        &env,
+    )
+    .await
+    .unwrap();
     let mut nodes = start_nodes(&["n1", "n2"], &env).await;
 
     let refs: Vec<&Proc> = nodes.iter().collect();
@@ -297,7 +310,7 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
                 .create(
                     &nodes[other],
                     json!({"symbol": "BTCUSDT", "condition": if up { "crosses_up" } else { "crosses_down" },
-                           "threshold": thr.to_string(), "channels": ["websocket"]}),
+                           "threshold": thr.to_string(), "channels": ["email", "websocket"]}),
                 )
                 .await;
             ladder.push((
@@ -506,4 +519,51 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
             "event without a committed trigger: {e}"
         );
     }
+
+    // 6. Every email of every trigger reached the SMTP server exactly once, through the kill.
+    let res = wait_for(Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE channel = 'email' AND state = 'pending'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n == 0
+    })
+    .await;
+    assert!(
+        res.is_ok(),
+        "emails still pending; worker log:\n{}",
+        worker.log_tail()
+    );
+    let mails: Vec<(String, String)> = sqlx::query_as(
+        "SELECT idempotency_key, state FROM deliveries WHERE channel = 'email' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let entries = sink.entries();
+    for (key, state) in &mails {
+        assert_eq!(state, "sent", "email {key}");
+        let accepted: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["key"] == key.as_str() && e["reply"] == 250)
+            .collect();
+        assert_eq!(
+            accepted.len(),
+            1,
+            "email {key} reached the server {} times",
+            accepted.len()
+        );
+    }
+    assert_eq!(
+        entries.len(),
+        mails.len(),
+        "the sink saw mails that are not deliveries: {entries:?}"
+    );
+    println!(
+        "{} emails, each accepted by the SMTP sink exactly once",
+        mails.len()
+    );
+    assert!(mails.len() >= 4, "too few emails to mean anything");
 }
