@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 
 use crate::cluster::{Env, wait_http_ok};
+use crate::procs::now_ms;
 use crate::procs::{Postgres, Proc, Redis};
 use crate::report::{Table, percentile};
 
@@ -40,12 +41,6 @@ pub struct Args {
     /// Distinct users (each with one re-arming email alert that fires again and again).
     #[arg(long, default_value_t = 1_000)]
     pub users: usize,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Acceptance time (ms) per idempotency key, and how many messages carried a key already seen.

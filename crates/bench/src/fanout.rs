@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::cluster::{Cluster, Env, Spec};
+use crate::procs::now_ms;
 use crate::procs::{clk_tck, cpu_seconds, rss_mib};
 use crate::report::Table;
 
@@ -64,12 +65,6 @@ pub struct ClientArgs {
 
 /// Latency histogram: 1 ms buckets up to 10 s; the last bucket holds everything slower.
 const BUCKETS: usize = 10_001;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit by re-executing through `sh`; returns the
 /// limit in force (the hard one after the re-exec).

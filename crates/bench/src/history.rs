@@ -25,6 +25,7 @@ use sqlx::PgPool;
 
 use crate::cluster::Env;
 use crate::procs::Postgres;
+use crate::procs::now_ms;
 use crate::report::{Table, percentile};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -62,12 +63,6 @@ pub struct ReadArgs {
     /// Queries per kind.
     #[arg(long, default_value_t = 300)]
     pub queries: usize,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn private_pg(env: &Env) -> anyhow::Result<(Postgres, PgPool)> {

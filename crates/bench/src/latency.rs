@@ -4,12 +4,13 @@
 //! minus the simulator's trade time, both ms on this machine) is one sample. Percentiles by
 //! sorting the samples (nearest rank).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
 use crate::cluster::{Cluster, Env, Spec};
 use crate::e2e::yes;
+use crate::procs::now_ms;
 use crate::report::{Table, percentile};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -23,13 +24,6 @@ pub struct Args {
     /// Seconds of polling.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {

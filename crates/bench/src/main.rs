@@ -8,10 +8,11 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! target/release/pricefeed-bench e2e|latency|prices|memory|history-write|history-read|reconcile|alert-index|fanout|email|all
+//! target/release/pricefeed-bench e2e|latency|prices|memory|history-write|history-read|reconcile|alert-index|alert-push|fanout|email|all
 //! ```
 
 mod alert_index;
+mod alert_push;
 mod cluster;
 mod e2e;
 mod email;
@@ -70,6 +71,8 @@ enum Cmd {
     Reconcile(reconcile::Args),
     /// Alert index vs a naive scan: ns per trade and bytes per alert with 1 M alerts.
     AlertIndex(alert_index::Args),
+    /// Trigger → the user's WebSocket on another node: latency p50/p99.
+    AlertPush(alert_push::Args),
     /// ≥ 20 000 client WebSockets on one node subscribed to one hot instrument: delivery
     /// latency p50/p99, node CPU per frame and memory per connection.
     Fanout(fanout::Args),
@@ -119,6 +122,7 @@ async fn run_one(env: &Env, cmd: &Cmd) -> anyhow::Result<Vec<Table>> {
         Cmd::HistoryRead(a) => vec![history::read(&sub("history-read"), a).await?],
         Cmd::Reconcile(a) => vec![reconcile::run(&sub("reconcile"), a).await?],
         Cmd::AlertIndex(a) => vec![alert_index::run(a)?],
+        Cmd::AlertPush(a) => vec![alert_push::run(&sub("alert-push"), a).await?],
         Cmd::Fanout(a) => vec![fanout::run(&sub("fanout"), a).await?],
         Cmd::FanoutClient(_) => unreachable!("handled in main"),
         Cmd::Email(a) => vec![email::run(&sub("email"), a).await?],
@@ -180,6 +184,7 @@ async fn main() -> ExitCode {
         Cmd::HistoryRead(_) => "history-read",
         Cmd::Reconcile(_) => "reconcile",
         Cmd::AlertIndex(_) => "alert-index",
+        Cmd::AlertPush(_) => "alert-push",
         Cmd::Fanout(_) => "fanout",
         Cmd::FanoutClient(_) => "fanout-client",
         Cmd::Email(_) => "email",

@@ -394,3 +394,11 @@ pub fn thread_cpu(pid: u32, clk_tck: f64) -> Vec<(u32, String, f64)> {
     })
     .collect()
 }
+
+/// Wall-clock milliseconds since the epoch (comparable with the simulator's trade times and the
+/// nodes' timestamps on this machine).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

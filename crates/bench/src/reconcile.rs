@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, Env, Spec};
+use crate::procs::now_ms;
 use crate::report::Table;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -21,12 +22,6 @@ pub struct Args {
     /// Seconds of steady state measured after the backlog is confirmed.
     #[arg(long, default_value_t = 120)]
     pub steady: u64,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Per market: (confirmed trades, REST weight) from the worker's metrics.
