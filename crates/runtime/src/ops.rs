@@ -3,14 +3,20 @@
 //! - `GET /livez`: the process answers; never checks dependencies, so a database outage does not
 //!   turn into a restart storm.
 //! - `GET /readyz`: every registered check passes (Postgres, Redis, feeds…) and the process is not
-//!   draining; 503 with the failing checks otherwise.
+//!   draining; 503 naming the failing checks otherwise.
 //! - `GET /metrics`: Prometheus text exposition.
+//!
+//! Readiness is kept up to date in the background: one prober task runs every check every
+//! [`PROBE_EVERY`] (each bounded by [`CHECK_TIMEOUT`]) and stores the outcomes, and `/readyz`
+//! only reads them. A probe therefore answers at once even while a dependency hangs, and says
+//! which one: a check with no outcome yet is `pending`, and an outcome older than
+//! [`STALE_AFTER`] (the prober itself stuck) counts as failed.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -18,19 +24,32 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::shutdown::Shutdown;
+
+/// Every check runs this often.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// A check that has not answered within this counts as failed.
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// An outcome older than this is not trusted.
+pub const STALE_AFTER: Duration = Duration::from_millis(3_000);
 
 /// A check answers `Ok(detail)` (shown as the check's value, usually "ok") or `Err(reason)`.
 type CheckFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
 
-/// The set of readiness checks of one process.
+/// Outcome of a check and when it was taken.
+type Outcome = (Result<String, String>, Instant);
+
+/// The set of readiness checks of one process and their latest outcomes.
 #[derive(Clone)]
 pub struct Readiness {
     checks: Arc<RwLock<Vec<(String, CheckFn)>>>,
+    outcomes: Arc<RwLock<BTreeMap<String, Outcome>>>,
+    /// Wakes the prober early (a check was added).
+    wake: Arc<Notify>,
     shutdown: Shutdown,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -52,15 +71,31 @@ pub struct ReadyReport {
 }
 
 impl Readiness {
+    /// A registry with no checks, and its prober running as a task of `shutdown` (so it must be
+    /// called inside a Tokio runtime).
     pub fn new(shutdown: Shutdown) -> Self {
-        Self {
+        let r = Self {
             checks: Arc::default(),
+            outcomes: Arc::default(),
+            wake: Arc::new(Notify::new()),
             shutdown,
-            timeout: Duration::from_secs(2),
-        }
+        };
+        let prober = r.clone();
+        let token = r.shutdown.token();
+        r.shutdown.tracker().spawn(async move {
+            loop {
+                prober.probe().await;
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = prober.wake.notified() => {}
+                    () = tokio::time::sleep(PROBE_EVERY) => {}
+                }
+            }
+        });
+        r
     }
 
-    /// Registers a named check; it must answer within two seconds or counts as failed.
+    /// Registers a named check (probed within [`CHECK_TIMEOUT`]).
     pub fn add<F, Fut>(&self, name: &str, f: F)
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -85,27 +120,51 @@ impl Readiness {
             .write()
             .expect("readiness lock")
             .push((name.to_string(), f));
+        self.wake.notify_one();
     }
 
-    pub async fn report(&self) -> (bool, ReadyReport) {
+    /// Runs every check once, concurrently, and stores the outcomes.
+    async fn probe(&self) {
         let checks: Vec<(String, CheckFn)> = self.checks.read().expect("readiness lock").clone();
-        let futs = checks.into_iter().map(|(name, f)| {
-            let t = self.timeout;
-            async move {
-                let r = match tokio::time::timeout(t, f()).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("timed out after {} ms", t.as_millis())),
-                };
-                (name, r)
-            }
+        let futs = checks.into_iter().map(|(name, f)| async move {
+            let r = match tokio::time::timeout(CHECK_TIMEOUT, f()).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+            };
+            (name, r)
         });
         let results = futures_util::future::join_all(futs).await;
-        let mut ok = !self.shutdown.is_draining();
+        let at = Instant::now();
+        let mut out = self.outcomes.write().expect("readiness lock");
+        for (name, r) in results {
+            out.insert(name, (r, at));
+        }
+    }
+
+    /// The current verdict from the stored outcomes; never waits on a dependency.
+    pub fn report(&self) -> (bool, ReadyReport) {
+        let names: Vec<String> = self
+            .checks
+            .read()
+            .expect("readiness lock")
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let outcomes = self.outcomes.read().expect("readiness lock");
+        let draining = self.shutdown.is_draining();
+        let mut ok = !draining;
         let mut map = BTreeMap::new();
-        if self.shutdown.is_draining() {
+        if draining {
             map.insert("draining".to_string(), "shutting down".to_string());
         }
-        for (name, r) in results {
+        for name in names {
+            let r = match outcomes.get(&name) {
+                None => Err("pending: not checked yet".to_string()),
+                Some((_, at)) if at.elapsed() > STALE_AFTER => {
+                    Err(format!("no outcome for {} ms", at.elapsed().as_millis()))
+                }
+                Some((r, _)) => r.clone(),
+            };
             match r {
                 Ok(detail) => {
                     map.insert(name, detail);
@@ -143,7 +202,7 @@ async fn livez() -> impl IntoResponse {
 }
 
 async fn readyz(State(r): State<Readiness>) -> Response {
-    let (ok, report) = r.report().await;
+    let (ok, report) = r.report();
     let code = if ok {
         StatusCode::OK
     } else {
@@ -184,6 +243,19 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// Polls `/readyz` until it answers `want` (the prober runs in the background).
+    async fn until_status(app: &Router, want: StatusCode) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, body) = get_status(app, "/readyz").await;
+            if code == want {
+                return body;
+            }
+            assert!(Instant::now() < until, "still {code}: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     #[tokio::test]
     async fn readyz_reflects_checks_and_draining() {
         let s = Shutdown::new();
@@ -195,18 +267,40 @@ mod tests {
             async move { if ok { Ok(()) } else { Err("down".into()) } }
         });
         let app = router(r);
-        assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::OK);
+        until_status(&app, StatusCode::OK).await;
         flag.store(false, std::sync::atomic::Ordering::SeqCst);
-        let (code, body) = get_status(&app, "/readyz").await;
-        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        let body = until_status(&app, StatusCode::SERVICE_UNAVAILABLE).await;
         assert!(body.contains("\"db\":\"down\""), "{body}");
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        until_status(&app, StatusCode::OK).await;
         s.trigger();
-        let (code, body) = get_status(&app, "/readyz").await;
-        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        let body = until_status(&app, StatusCode::SERVICE_UNAVAILABLE).await;
         assert!(body.contains("draining"), "{body}");
         // liveness never depends on checks
         assert_eq!(get_status(&app, "/livez").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_hung_dependency_is_named_without_holding_the_probe() {
+        let r = Readiness::new(Shutdown::new());
+        r.add("fast", || async { Ok(()) });
+        r.add("hung", std::future::pending::<Result<(), String>>);
+        let app = router(r);
+        // Before the first probe has finished, the checks are pending, not waited for.
+        let (code, body) = get_status(&app, "/readyz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        // Once probed, the hung check is named; `fast` is fine. Every probe returns at once.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, body) = get_status(&app, "/readyz").await;
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            if body.contains("no answer within") {
+                assert!(body.contains("\"fast\":\"ok\""), "{body}");
+                break;
+            }
+            assert!(Instant::now() < until, "{body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]
