@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pricefeed_tests::{Proc, base_env, bin, fresh_database, scratch_dir, wait_for};
+use pricefeed_tests::{PrivateRedis, Proc, base_env, bin, fresh_database, wait_for};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -194,45 +194,11 @@ async fn unreachable_dependency_is_named_not_a_panic() {
 #[tokio::test]
 async fn readiness_follows_redis_and_recovers() {
     // A private Redis this test may kill.
-    let redis_bin =
-        std::env::var("PRICEFEED_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = scratch_dir("redis");
-    let start_redis = || {
-        std::process::Command::new(&redis_bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut redis = start_redis();
+    let mut redis = PrivateRedis::new();
+    redis.start().await;
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
-    env.push((
-        "PRICEFEED__REDIS__URL".into(),
-        format!("redis://127.0.0.1:{port}"),
-    ));
-    // Wait until the private Redis accepts connections before starting the node.
-    wait_for(Duration::from_secs(10), || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await
-    .unwrap();
+    env.push(("PRICEFEED__REDIS__URL".into(), redis.url()));
     let node = Proc::start_ready("node", &bin("pricefeed-node"), &[], &env)
         .await
         .unwrap();
@@ -244,20 +210,17 @@ async fn readiness_follows_redis_and_recovers() {
             .unwrap_or(0)
     };
 
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    redis.stop();
     wait_for(READY, || status(url.clone()).map_eq(503))
         .await
         .expect("readyz 503 once Redis is gone");
     // Liveness must not depend on Redis.
     assert_eq!(status(node.url("/livez")).await, 200);
 
-    let mut redis = start_redis();
+    redis.start().await;
     wait_for(READY, || status(url.clone()).map_eq(200))
         .await
         .expect("readyz 200 after Redis is back");
-    redis.kill().unwrap();
-    let _ = redis.wait();
 }
 
 #[tokio::test]

@@ -100,6 +100,78 @@ pub async fn fresh_database() -> anyhow::Result<String> {
 /// Token signing key of every test cluster (tests mint tokens with it to probe forgeries).
 pub const TEST_JWT_SECRET: &str = "pricefeed-test-signing-key-0123456789abcdef";
 
+/// A Redis server of one test's own (`PRICEFEED_TEST_REDIS_SERVER`, else `redis-server` on the
+/// PATH), on a free loopback port, without persistence, for tests that stop or restart it. The
+/// port stays the same across [`PrivateRedis::start`]s; dropping it kills the server.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// A stopped server with its port chosen; call [`Self::start`].
+    pub fn new() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self {
+            port,
+            dir: scratch_dir("redis"),
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (empty: nothing is persisted) and waits until it accepts connections.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let bin =
+            std::env::var("PRICEFEED_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = std::process::Command::new(&bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(Duration::from_secs(10), || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await
+        .expect("private Redis accepts connections");
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Default for PrivateRedis {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Environment that points a binary at the test dependencies, with its own Redis key prefix.
 pub fn base_env(database_url: &str) -> Vec<(String, String)> {
     vec![

@@ -19,6 +19,11 @@
 //!   not stored (it may predate messages lost before the clear).
 //! - The node's own ingest state is consulted before the price cache (it is fresher); see
 //!   [`crate::api::prices::lookup`].
+//! - A Redis outage costs freshness, not answers: reads behind a miss go through
+//!   [`LiveCache::read`] (bounded by [`READ_TIMEOUT`], skipped for [`READ_BACKOFF`] after a
+//!   failure, so requests do not each wait on a dead Redis), and when it fails the caller serves
+//!   [`LiveCache::last_known`]: the newest value this node has seen, kept across clears, whose
+//!   age the response shows.
 //!
 //! - A notification hook ([`LiveCache::set_hook`]) receives every document that changed an
 //!   entry, after the write lock is released: the client WebSocket hub fans updates out from
@@ -28,9 +33,10 @@
 //! Metrics: `pricefeed_live_cache_total{cache=price|vwap, result=hit|miss}`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::Counter;
 use pricefeed_store::protocol::{PriceDoc, VwapDoc, doc_key, vwap_field};
@@ -74,6 +80,11 @@ pub type VwapCache = LiveCache<VwapDoc>;
 /// Build it after the metrics recorder is installed: it keeps its counter handles.
 pub struct LiveCache<D> {
     map: RwLock<HashMap<String, D>>,
+    /// Entries set aside by clears: the newest value seen of each field, served only when Redis
+    /// cannot be read ([`Self::last_known`]).
+    retired: RwLock<HashMap<String, D>>,
+    /// Process-relative ms of the last failed Redis read (`i64::MIN`: none).
+    failed_at: AtomicI64,
     /// Whether the subscription is up (entries may be served).
     verified: AtomicBool,
     /// Bumped on every clear; read-through stores carry the generation they started under.
@@ -97,11 +108,36 @@ impl<D> std::fmt::Debug for LiveCache<D> {
 /// A [`LiveCache`] notification hook.
 pub type Hook<D> = Box<dyn Fn(Vec<D>) + Send + Sync>;
 
+/// Longest wait for a Redis read behind a cache miss.
+pub const READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a failed read, reads are not tried again for this long: every request would otherwise
+/// wait [`READ_TIMEOUT`] on a Redis that is down.
+pub const READ_BACKOFF: Duration = Duration::from_millis(1_000);
+
+/// Why a read behind a miss gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {} ms", READ_TIMEOUT.as_millis())]
+    Timeout,
+    #[error("redis failed less than {} ms ago; not tried again yet", READ_BACKOFF.as_millis())]
+    Backoff,
+}
+
+/// Milliseconds since the first call (monotonic; for the read backoff).
+fn mono_ms() -> i64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as i64
+}
+
 impl<D: CachedDoc> LiveCache<D> {
     /// An empty, unverified cache; `name` labels its metrics (`price`, `vwap`).
     pub fn new(name: &'static str) -> Self {
         Self {
             map: RwLock::new(HashMap::new()),
+            retired: RwLock::new(HashMap::new()),
+            failed_at: AtomicI64::new(i64::MIN),
             verified: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             hits: metrics::counter!("pricefeed_live_cache_total", "cache" => name, "result" => "hit"),
@@ -187,7 +223,7 @@ impl<D: CachedDoc> LiveCache<D> {
     /// serve from the cache again.
     pub fn subscribed(&self) {
         let mut map = self.map.write().unwrap();
-        map.clear();
+        self.retire(&mut map);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.verified.store(true, Ordering::Release);
     }
@@ -196,8 +232,46 @@ impl<D: CachedDoc> LiveCache<D> {
     pub fn lost(&self) {
         let mut map = self.map.write().unwrap();
         self.verified.store(false, Ordering::Release);
-        map.clear();
+        self.retire(&mut map);
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Empties `map` into the retired entries (keeping the newer of each field).
+    fn retire(&self, map: &mut HashMap<String, D>) {
+        let mut retired = self.retired.write().unwrap();
+        for (field, doc) in map.drain() {
+            upsert(&mut retired, field, doc);
+        }
+    }
+
+    /// The newest value of `field` this node has seen, whether or not the cache may serve it
+    /// now: the fallback when Redis cannot be read. The caller shows its age.
+    pub fn last_known(&self, field: &str) -> Option<D> {
+        let live = self.map.read().unwrap().get(field).cloned();
+        let old = self.retired.read().unwrap().get(field).cloned();
+        match (live, old) {
+            (Some(l), Some(o)) => Some(if o.newer_than(&l) { o } else { l }),
+            (l, o) => l.or(o),
+        }
+    }
+
+    /// Runs one Redis read behind a miss: bounded by [`READ_TIMEOUT`], and not attempted at all
+    /// within [`READ_BACKOFF`] of a failed one.
+    pub async fn read<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ReadError> {
+        let failed = self.failed_at.load(Ordering::Relaxed);
+        if failed != i64::MIN && mono_ms() - failed < READ_BACKOFF.as_millis() as i64 {
+            return Err(ReadError::Backoff);
+        }
+        let r = match tokio::time::timeout(READ_TIMEOUT, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => ReadError::Redis(e),
+            Err(_) => ReadError::Timeout,
+        };
+        self.failed_at.store(mono_ms(), Ordering::Relaxed);
+        Err(r)
     }
 
     /// Number of cached entries.
@@ -369,5 +443,38 @@ mod tests {
         // A resubscription alone (without a noticed loss) clears too.
         c.subscribed();
         assert!(c.get("spot:ETHUSDT").is_none());
+    }
+
+    #[test]
+    fn the_last_value_seen_survives_clears_for_outages() {
+        let c = PriceCache::new("price");
+        c.subscribed();
+        c.apply(&payload(&[doc("BTCUSDT", 10)]));
+        c.lost();
+        // Not served as current (messages may be lost), but kept as the last known value.
+        assert!(c.get("spot:BTCUSDT").is_none());
+        assert_eq!(c.last_known("spot:BTCUSDT").unwrap().trade_id, 10);
+        c.subscribed();
+        assert!(c.is_empty());
+        assert_eq!(c.last_known("spot:BTCUSDT").unwrap().trade_id, 10);
+        // A newer live value wins over the retired one; an older one does not.
+        c.apply(&payload(&[doc("BTCUSDT", 12)]));
+        assert_eq!(c.last_known("spot:BTCUSDT").unwrap().trade_id, 12);
+        c.subscribed();
+        c.apply(&payload(&[doc("BTCUSDT", 11)]));
+        assert_eq!(c.last_known("spot:BTCUSDT").unwrap().trade_id, 12);
+        assert!(c.last_known("spot:ETHUSDT").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_not_retried_within_the_backoff() {
+        let c = PriceCache::new("price");
+        let slow = async {
+            tokio::time::sleep(READ_TIMEOUT * 4).await;
+            Ok::<u8, redis::RedisError>(1)
+        };
+        assert!(matches!(c.read(slow).await, Err(ReadError::Timeout)));
+        let fast = async { Ok::<u8, redis::RedisError>(2) };
+        assert!(matches!(c.read(fast).await, Err(ReadError::Backoff)));
     }
 }

@@ -193,5 +193,14 @@ impl From<redis::RedisError> for ApiError {
     }
 }
 
+impl From<crate::live_cache::ReadError> for ApiError {
+    fn from(e: crate::live_cache::ReadError) -> Self {
+        Self::Unavailable {
+            what: "redis",
+            source: e.into(),
+        }
+    }
+}
+
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;

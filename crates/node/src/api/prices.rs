@@ -104,7 +104,9 @@ fn parse_market(m: Option<&str>) -> ApiResult<Market> {
 }
 
 /// Latest prices of `keys`, in order: local state for instruments this node ingests, then the
-/// [`crate::price_cache`], then one Redis HMGET for the misses (stored in the cache).
+/// [`crate::live_cache`], then one Redis HMGET for the misses (stored in the cache). When Redis
+/// cannot be read, the misses get the last value this node has seen (its `age_ms` tells how
+/// old); only a miss with no such value makes the answer a 503.
 pub async fn lookup(st: &AppState, keys: &[InstrumentKey]) -> ApiResult<Vec<Option<PriceDto>>> {
     let now = now_ms();
     let mut out: Vec<Option<PriceDto>> = Vec::with_capacity(keys.len());
@@ -132,11 +134,26 @@ pub async fn lookup(st: &AppState, keys: &[InstrumentKey]) -> ApiResult<Vec<Opti
         let ticket = st.prices.read_ticket();
         let ks: Vec<InstrumentKey> = remote.iter().map(|&i| keys[i].clone()).collect();
         let mut redis = st.redis.clone();
-        let docs = publish::read_prices(&mut redis, &st.key_prefix, &ks).await?;
-        for (i, d) in remote.into_iter().zip(docs) {
-            if let Some(d) = d {
-                st.prices.store_read(ticket, &d);
-                out[i] = Some(PriceDto::from_doc(d, now));
+        match st
+            .prices
+            .read(publish::read_prices(&mut redis, &st.key_prefix, &ks))
+            .await
+        {
+            Ok(docs) => {
+                for (i, d) in remote.into_iter().zip(docs) {
+                    if let Some(d) = d {
+                        st.prices.store_read(ticket, &d);
+                        out[i] = Some(PriceDto::from_doc(d, now));
+                    }
+                }
+            }
+            Err(e) => {
+                for i in remote {
+                    match st.prices.last_known(keys[i].as_str()) {
+                        Some(d) => out[i] = Some(PriceDto::from_doc(d, now)),
+                        None => return Err(e.into()),
+                    }
+                }
             }
         }
     }
@@ -144,7 +161,8 @@ pub async fn lookup(st: &AppState, keys: &[InstrumentKey]) -> ApiResult<Vec<Opti
 }
 
 /// [`lookup`] of one key, without the per-request vectors: node-local state, then the cache
-/// (no allocation beyond the response body on a hit), then one Redis `HGET`.
+/// (no allocation beyond the response body on a hit), then one Redis `HGET`, then the last
+/// value seen when Redis cannot be read.
 pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> ApiResult<Option<PriceDto>> {
     let now = now_ms();
     let local = st.ingest.core.lock().unwrap().latest(key);
@@ -156,11 +174,20 @@ pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> ApiResult<Option<
     }
     let ticket = st.prices.read_ticket();
     let mut redis = st.redis.clone();
-    let doc = publish::read_price(&mut redis, &st.key_prefix, key).await?;
-    Ok(doc.map(|d| {
-        st.prices.store_read(ticket, &d);
-        PriceDto::from_doc(d, now)
-    }))
+    match st
+        .prices
+        .read(publish::read_price(&mut redis, &st.key_prefix, key))
+        .await
+    {
+        Ok(doc) => Ok(doc.map(|d| {
+            st.prices.store_read(ticket, &d);
+            PriceDto::from_doc(d, now)
+        })),
+        Err(e) => match st.prices.last_known(key.as_str()) {
+            Some(d) => Ok(Some(PriceDto::from_doc(d, now))),
+            None => Err(e.into()),
+        },
+    }
 }
 
 /// Latest trade of one instrument.

@@ -141,7 +141,8 @@ async fn latest(st: &AppState, key: &InstrumentKey, interval: Span) -> ApiResult
 }
 
 /// The latest VWAP of `key` over `interval`: the node's VWAP cache, else one Redis `HGET`
-/// (stored in the cache); `None` when there is none (shared with the client WebSocket).
+/// (stored in the cache), else the last one seen when Redis cannot be read; `None` when there
+/// is none (shared with the client WebSocket).
 pub(crate) async fn latest_doc(
     st: &AppState,
     key: &InstrumentKey,
@@ -153,14 +154,19 @@ pub(crate) async fn latest_doc(
     }
     let ticket = st.vwaps.read_ticket();
     let mut redis = st.redis.clone();
-    let raw: Option<String> = redis::cmd("HGET")
-        .arg(st.keys.vwap())
-        .arg(&field)
-        .query_async(&mut redis)
-        .await?;
-    Ok(raw
-        .and_then(|s| serde_json::from_str::<VwapDoc>(&s).ok())
-        .inspect(|d| st.vwaps.store_read(ticket, d)))
+    let mut cmd = redis::cmd("HGET");
+    cmd.arg(st.keys.vwap()).arg(&field);
+    match st
+        .vwaps
+        .read(cmd.query_async::<Option<String>>(&mut redis))
+        .await
+    {
+        Ok(raw) => Ok(raw
+            .and_then(|s| serde_json::from_str::<VwapDoc>(&s).ok())
+            .inspect(|d| st.vwaps.store_read(ticket, d))),
+        // Redis unreachable: the last VWAP seen (its window end says how old it is).
+        Err(e) => st.vwaps.last_known(&field).map(Some).ok_or(e.into()),
+    }
 }
 
 async fn as_of(

@@ -1,0 +1,223 @@
+//! Reliability drills (issue 12), each against the real binaries, the simulator and real
+//! Postgres, with a Redis of the drill's own that it may kill.
+//!
+//! **Redis outage**: three nodes serve every instrument; Redis is killed for
+//! `PRICEFEED_DRILL_OUTAGE_SECS` (default 30) and comes back empty (no persistence: the same as a
+//! flush). Throughout: every node answers every known instrument's price with 200 (the last one
+//! it saw, with its age) — never a 404 or a 503 — `/livez` answers 200 and `/readyz` answers 503
+//! naming `redis`, each well within the probe client's 1 s timeout; the owner keeps ingesting.
+//! After: the registry, the assignment and the price hash are rebuilt, and every node serves
+//! fresh prices again. The drill prints the slowest answers and the recovery time.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use pricefeed_tests::{
+    PrivateRedis, Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client,
+    key_prefix, migrate, seed_from_catalogue, start_nodes, start_schedulers, wait_for,
+};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(60);
+
+/// (status, body, ms) of one GET; status 0 when the request failed (e.g. the client's timeout).
+async fn probe(http: &reqwest::Client, url: &str) -> (u16, Value, u128) {
+    let t = Instant::now();
+    match http.get(url).send().await {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            let body = r.json().await.unwrap_or(Value::Null);
+            (code, body, t.elapsed().as_millis())
+        }
+        Err(e) => (0, Value::String(e.to_string()), t.elapsed().as_millis()),
+    }
+}
+
+/// `/api/v1/prices/{symbol}?market=…` of a `market:SYMBOL` key.
+fn price_path(key: &str) -> String {
+    let (market, sym) = key.split_once(':').unwrap();
+    format!("/api/v1/prices/{sym}?market={market}")
+}
+
+/// Accepted trades of `key` on `node` (0 when it does not ingest it or does not answer).
+async fn accepted(http: &reqwest::Client, node: &Proc, key: &str) -> u64 {
+    let Ok(v) = get_json(http, &node.url("/api/v1/cluster/ingest")).await else {
+        return 0;
+    };
+    v["instruments"]
+        .as_array()
+        .and_then(|l| l.iter().find(|i| i["key"] == key))
+        .and_then(|i| i["accepted"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Slowest answer per probe kind during a phase.
+#[derive(Debug, Default)]
+struct Slowest {
+    livez: u128,
+    readyz: u128,
+    price: u128,
+    probes: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_costs_freshness_not_answers() {
+    let outage = Duration::from_secs(
+        std::env::var("PRICEFEED_DRILL_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let setup_http = http_client(Duration::from_secs(10));
+    // The probes' client: an answer slower than this is a failure of the drill.
+    let http = http_client(Duration::from_secs(1));
+    let sim = Sim::start(
+        &[
+            &SMALL_CATALOGUE[..],
+            &[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")],
+        ]
+        .concat(),
+    )
+    .await;
+    let mut redis = PrivateRedis::new();
+    redis.start().await;
+    let db = fresh_database().await.unwrap();
+    let mut env = base_env(&db);
+    env.extend(sim.broker_env());
+    env.push(("PRICEFEED__REDIS__URL".into(), redis.url()));
+    migrate(&env, READY).await;
+    let all = seed_from_catalogue(&setup_http, &sim, &db).await;
+    // Spot pairs and perpetuals: they trade all the time (options only now and then).
+    let keys: BTreeSet<String> = all
+        .into_iter()
+        .filter(|k| k.starts_with("spot:") || k.starts_with("usdm:"))
+        .filter(|k| !k.contains('_'))
+        .collect();
+    assert!(keys.contains("spot:BTCUSDT"), "{keys:?}");
+    let _sched = start_schedulers(&["sched"], &env).await;
+    let nodes = start_nodes(&["n1", "n2", "n3"], &env).await;
+
+    // Every node serves every key.
+    let res = wait_for(READY, || async {
+        for n in &nodes {
+            for k in &keys {
+                if probe(&http, &n.url(&price_path(k))).await.0 != 200 {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    assert!(res.is_ok(), "not every node serves {keys:?}");
+    let mut owner = None;
+    for n in &nodes {
+        if accepted(&setup_http, n, "spot:BTCUSDT").await > 0 {
+            owner = Some(n);
+        }
+    }
+    let owner = owner.expect("BTCUSDT has an owner");
+    println!(
+        "{} keys served by 3 nodes; spot:BTCUSDT owned by {}",
+        keys.len(),
+        owner.name
+    );
+
+    // The outage.
+    let before = accepted(&setup_http, owner, "spot:BTCUSDT").await;
+    redis.stop();
+    let down_at = Instant::now();
+    let mut slow = Slowest::default();
+    let mut max_age = 0i64;
+    while down_at.elapsed() < outage {
+        for n in &nodes {
+            let (code, _, ms) = probe(&http, &n.url("/livez")).await;
+            assert_eq!(code, 200, "{} /livez during the outage", n.name);
+            slow.livez = slow.livez.max(ms);
+            let (code, body, ms) = probe(&http, &n.url("/readyz")).await;
+            // The first probe after the kill may still hold the last good outcome.
+            if down_at.elapsed() > Duration::from_secs(3) {
+                assert_eq!(code, 503, "{} /readyz during the outage: {body}", n.name);
+                assert_ne!(body["checks"]["redis"], "ok", "{body}");
+                assert_eq!(body["checks"]["postgres"], "ok", "{body}");
+            }
+            slow.readyz = slow.readyz.max(ms);
+            for k in &keys {
+                let (code, body, ms) = probe(&http, &n.url(&price_path(k))).await;
+                assert_eq!(
+                    code,
+                    200,
+                    "{} {k} after {:?} of outage: {body}",
+                    n.name,
+                    down_at.elapsed()
+                );
+                slow.price = slow.price.max(ms);
+                max_age = max_age.max(body["age_ms"].as_i64().unwrap_or(0));
+            }
+            slow.probes += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let during = accepted(&setup_http, owner, "spot:BTCUSDT").await;
+    println!(
+        "Redis down {:?}: {} probe rounds; slowest /livez {} ms, /readyz {} ms, price {} ms; \
+         oldest price served {} ms; the owner accepted {} BTCUSDT trades meanwhile",
+        outage,
+        slow.probes,
+        slow.livez,
+        slow.readyz,
+        slow.price,
+        max_age,
+        during - before
+    );
+    assert!(
+        during > before,
+        "the owner kept ingesting during the outage"
+    );
+
+    // Back, empty: everything rebuilt, fresh prices everywhere.
+    redis.start().await;
+    let back_at = Instant::now();
+    let res = wait_for(READY, || async {
+        for n in &nodes {
+            if probe(&http, &n.url("/readyz")).await.0 != 200 {
+                return false;
+            }
+            let Ok(c) = get_json(&http, &n.url("/api/v1/cluster")).await else {
+                return false;
+            };
+            if c["nodes"].as_array().map_or(0, Vec::len) != 3 {
+                return false;
+            }
+            for k in &keys {
+                let (code, body, _) = probe(&http, &n.url(&price_path(k))).await;
+                if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        res.is_ok(),
+        "not recovered within {READY:?} after Redis came back"
+    );
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let prefix = key_prefix(&env);
+    let stored: i64 = redis::cmd("HLEN")
+        .arg(pricefeed_store::protocol::Keys::new(&prefix).prices())
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    println!(
+        "recovered {} ms after Redis came back: 3 nodes registered and ready, every key fresh \
+         on every node, {stored} prices in the rebuilt hash",
+        back_at.elapsed().as_millis()
+    );
+    assert!(stored as usize >= keys.len(), "price hash rebuilt");
+}
