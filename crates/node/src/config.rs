@@ -92,8 +92,14 @@ pub struct FeedConfig {
     /// Reconnect backoff: first delay ceiling, doubling up to the max; equal jitter.
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
-    /// A connection that stayed up this long resets the backoff.
+    /// A connection that stayed up this long resets the backoff (so does one that delivered
+    /// trades).
     pub reconnect_reset_after_ms: u64,
+    /// Connection attempts the node may make, all markets together, per
+    /// `connect_budget_window_ms` (the exchange allows 300 per 5 minutes per IP, shared by every
+    /// process behind that IP).
+    pub connect_budget: usize,
+    pub connect_budget_window_ms: u64,
     /// Proactive replacement (with overlap) before the exchange's 24 h cut.
     pub max_lifetime_ms: u64,
     /// Latest prices are written to Redis (one pipeline + one PUBLISH) this often.
@@ -116,6 +122,8 @@ impl Default for FeedConfig {
             reconnect_backoff_min_ms: 250,
             reconnect_backoff_max_ms: 30_000,
             reconnect_reset_after_ms: 60_000,
+            connect_budget: 250,
+            connect_budget_window_ms: 300_000,
             max_lifetime_ms: 23 * 3_600_000,
             tick_flush_ms: 20,
             backfill_concurrency: 4,
@@ -154,6 +162,15 @@ impl FeedConfig {
             return k(
                 "reconnect_backoff_max_ms",
                 "must be at least reconnect_backoff_min_ms and at most 600000",
+            );
+        }
+        if !(1..=300).contains(&self.connect_budget) {
+            return k("connect_budget", "must be between 1 and 300");
+        }
+        if !(1_000..=3_600_000).contains(&self.connect_budget_window_ms) {
+            return k(
+                "connect_budget_window_ms",
+                "must be between 1000 and 3600000",
             );
         }
         if self.max_lifetime_ms < 10_000 {

@@ -9,7 +9,9 @@
 //! - watchdog: no frame at all for `stall_timeout`, or a data silence that the connection's own
 //!   recent rate makes implausible, ends the session ("stall");
 //! - `serverShutdown` ends it and reconnects at once; any other end reconnects after a jittered
-//!   exponential backoff, reset once a session stayed up for `reconnect_reset_after`;
+//!   exponential backoff, started over after a session that delivered trades or stayed up for
+//!   `reconnect_reset_after` ([`super::limits::earns_reset`]); every attempt of the node takes
+//!   a slot of its [`super::limits::ConnectBudget`] first;
 //! - before `max_lifetime` it opens a replacement, subscribes it, then closes the old socket
 //!   (overlap: duplicates are dropped by trade id, nothing is missed);
 //! - a reconnect order from the scheduler ([`super::orders`]) ends the session and reconnects
@@ -36,7 +38,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::limits::{Backoff, RollingLimiter};
+use super::limits::{Backoff, ConnectBudget, RollingLimiter, earns_reset};
 use super::state::{Core, Verdict};
 
 type Ws =
@@ -55,6 +57,8 @@ pub struct ConnSettings {
     pub backoff_max: Duration,
     pub reset_after: Duration,
     pub max_lifetime: Duration,
+    /// Connection attempts of the whole node (shared by every market's settings).
+    pub budget: ConnectBudget,
 }
 
 /// Health of one connection, read by the cluster API and the metrics upkeep.
@@ -158,6 +162,7 @@ pub fn spawn_connection(
         streams: streams.into_iter().collect(),
         next_id: 1,
         malformed_log: BurstLog::default(),
+        trades: 0,
     };
     tracker.spawn(async move {
         task.run(rx, token).await;
@@ -198,6 +203,8 @@ struct Connection {
     streams: BTreeSet<String>,
     next_id: u64,
     malformed_log: BurstLog,
+    /// Trades received over all sessions (tells a productive session from an empty one).
+    trades: u64,
 }
 
 /// An open socket with its pacing and watchdog bookkeeping.
@@ -225,6 +232,21 @@ impl Connection {
         let market = s.market.as_str();
         let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
         loop {
+            let waited = s.budget.wait_now().await;
+            if !waited.is_zero() {
+                metrics::counter!("pricefeed_feed_connect_budget_waits_total").increment(1);
+                tracing::warn!(
+                    market,
+                    conn = self.health.conn,
+                    wait_ms = waited.as_millis() as u64,
+                    "node connection-attempt budget used up; waiting"
+                );
+            }
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = s.budget.acquire() => {}
+            }
+            let trades_before = self.trades;
             let (end, detail, lasted) = match connect(
                 &s,
                 self.streams.iter().cloned().collect(),
@@ -264,7 +286,8 @@ impl Connection {
                 }
                 _ => {}
             }
-            if lasted >= s.reset_after {
+            let trades = self.trades - trades_before;
+            if earns_reset(lasted, trades, s.reset_after) {
                 backoff.reset();
             }
             let delay = if matches!(end, End::ServerShutdown | End::Order) {
@@ -558,6 +581,7 @@ impl Connection {
                 sess.last_data = now;
                 sess.first_data.get_or_insert(now);
                 sess.data_frames += 1;
+                self.trades += 1;
                 let v = self.core.lock().unwrap().on_ws_trade(market, &t, wall);
                 if let Verdict::Rejected(e) = v {
                     metrics::counter!("pricefeed_feed_rejected_total", "market" => market.as_str(), "kind" => e.kind()).increment(1);

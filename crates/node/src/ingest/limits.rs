@@ -1,4 +1,5 @@
-//! Pacing of one broker connection: the outgoing-message limiter and the reconnect backoff.
+//! Pacing of broker connections: the outgoing-message limiter, the reconnect backoff, when a
+//! session earns a fresh backoff, and the node-wide budget of connection attempts.
 //!
 //! Both are pure (time is passed in), so their promises are unit-tested without sleeping.
 
@@ -104,6 +105,41 @@ impl Backoff {
     }
 }
 
+/// Whether an ended session starts the backoff over: it stayed up `reset_after`, or it was
+/// *productive* (delivered trades). A feed that drops now and then but works in between
+/// reconnects at once every time instead of escalating towards the maximum (with a 0.05 %
+/// per-message drop, sessions last seconds and the old 60 s rule had every connection waiting
+/// 20–26 s while its instruments went stale); a server that accepts and drops at once, without
+/// data, still backs off. How fast anyone may reconnect is bounded by [`ConnectBudget`].
+pub fn earns_reset(lasted: Duration, trades: u64, reset_after: Duration) -> bool {
+    lasted >= reset_after || trades > 0
+}
+
+/// The node's connection attempts, all markets together, within a rolling window (the
+/// exchange allows 300 per 5 minutes per IP, for every process behind that IP). Shared by every
+/// connection task; an attempt waits for a slot.
+#[derive(Debug, Clone)]
+pub struct ConnectBudget(std::sync::Arc<tokio::sync::Mutex<RollingLimiter>>);
+
+impl ConnectBudget {
+    pub fn new(attempts: usize, window: Duration) -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Mutex::new(
+            RollingLimiter::new(attempts, window),
+        )))
+    }
+
+    /// How long the next attempt would wait now (zero when a slot is free).
+    pub async fn wait_now(&self) -> Duration {
+        let now = Instant::now();
+        self.0.lock().await.next_slot(now) - now
+    }
+
+    /// Waits for a slot and takes it. Holding the lock while waiting keeps attempts in order.
+    pub async fn acquire(&self) {
+        self.0.lock().await.acquire().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +205,33 @@ mod tests {
         b.reset();
         assert_eq!(b.ceiling(), min);
         assert_eq!(b.attempts(), 0);
+    }
+
+    #[test]
+    fn a_productive_session_or_a_long_one_resets_the_backoff() {
+        let after = Duration::from_secs(60);
+        assert!(earns_reset(Duration::from_secs(3), 1, after));
+        assert!(earns_reset(Duration::from_secs(61), 0, after));
+        assert!(!earns_reset(Duration::from_secs(3), 0, after));
+        // The failure mode this fixes: drops every few seconds with trades in between.
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        for _ in 0..20 {
+            if earns_reset(Duration::from_secs(5), 900, after) {
+                b.reset();
+            }
+            assert!(b.next_with(1.0) <= Duration::from_millis(250));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connect_budget_is_shared_and_spaces_attempts_beyond_its_window() {
+        let b = ConnectBudget::new(3, Duration::from_secs(10));
+        let other = b.clone();
+        assert!(b.wait_now().await.is_zero());
+        b.acquire().await;
+        other.acquire().await;
+        b.acquire().await;
+        // Three attempts used by two holders: the fourth waits for the window to roll.
+        assert!(other.wait_now().await > Duration::from_secs(9));
     }
 }

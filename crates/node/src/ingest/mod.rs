@@ -88,6 +88,10 @@ pub fn start(
     let tracker = shutdown.tracker().clone();
     let token = shutdown.token();
 
+    let budget = limits::ConnectBudget::new(
+        f.connect_budget,
+        Duration::from_millis(f.connect_budget_window_ms),
+    );
     let mut stream_txs = Vec::new();
     for market in Market::ALL {
         let (tx, rx) = watch::channel(BTreeSet::new());
@@ -107,6 +111,7 @@ pub fn start(
             backoff_max: Duration::from_millis(f.reconnect_backoff_max_ms),
             reset_after: Duration::from_millis(f.reconnect_reset_after_ms),
             max_lifetime: Duration::from_millis(f.max_lifetime_ms),
+            budget: budget.clone(),
         });
         let max = if market == Market::Options {
             f.options_max_streams_per_conn
