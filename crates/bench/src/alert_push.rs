@@ -25,8 +25,8 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
     /// Threshold levels on each side of the price (each one `crosses_up` and one `crosses_down`
-    /// alert, re-armed after 1 s).
-    #[arg(long, default_value_t = 25)]
+    /// alert, re-armed after 1 s); at most 24 (`alerts.max_per_user` is 100).
+    #[arg(long, default_value_t = 20)]
     pub levels: i64,
     /// Spacing of the levels, in basis points of the price.
     #[arg(long, default_value_t = 2)]

@@ -89,12 +89,20 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
     let t0_ms = now_ms();
     eprintln!("==> worker started; waiting until every cursor passed the worker's start");
     let node = c.nodes[0].url("/api/v1/cluster/reconcile");
+    // Only what trades counts: a listed but halted instrument never gets a cursor.
+    let trading: std::collections::HashSet<String> = c
+        .sim_tradable()
+        .await?
+        .into_iter()
+        .map(|(m, s)| format!("{}:{s}", if m == "futures" { "usdm" } else { &m }))
+        .collect();
     loop {
         c.check_alive()?;
         let lags = c.get_json(&node).await?;
         let list = lags.as_array().cloned().unwrap_or_default();
         let behind = list
             .iter()
+            .filter(|l| l["key"].as_str().is_some_and(|k| trading.contains(k)))
             .filter(|l| l["validated_through"].as_i64().is_none_or(|t| t < t0_ms))
             .count();
         if !list.is_empty() && behind == 0 {
