@@ -8,7 +8,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! target/release/pricefeed-bench e2e|latency|prices|memory|history-write|history-read|reconcile|alert-index|alert-push|fanout|email|all
+//! target/release/pricefeed-bench e2e|latency|prices|memory|history-write|history-read|reconcile|alert-index|alert-push|http-stack|fanout|email|all
 //! ```
 
 mod alert_index;
@@ -18,6 +18,7 @@ mod e2e;
 mod email;
 mod fanout;
 mod history;
+mod http_stack;
 mod latency;
 mod memory;
 mod prices;
@@ -73,6 +74,8 @@ enum Cmd {
     AlertIndex(alert_index::Args),
     /// Trigger → the user's WebSocket on another node: latency p50/p99.
     AlertPush(alert_push::Args),
+    /// Each layer of the shared HTTP stack alone vs a bare handler (req/s ratios).
+    HttpStack(http_stack::Args),
     /// ≥ 20 000 client WebSockets on one node subscribed to one hot instrument: delivery
     /// latency p50/p99, node CPU per frame and memory per connection.
     Fanout(fanout::Args),
@@ -123,6 +126,7 @@ async fn run_one(env: &Env, cmd: &Cmd) -> anyhow::Result<Vec<Table>> {
         Cmd::Reconcile(a) => vec![reconcile::run(&sub("reconcile"), a).await?],
         Cmd::AlertIndex(a) => vec![alert_index::run(a)?],
         Cmd::AlertPush(a) => vec![alert_push::run(&sub("alert-push"), a).await?],
+        Cmd::HttpStack(a) => vec![http_stack::run(a).await?],
         Cmd::Fanout(a) => vec![fanout::run(&sub("fanout"), a).await?],
         Cmd::FanoutClient(_) => unreachable!("handled in main"),
         Cmd::Email(a) => vec![email::run(&sub("email"), a).await?],
@@ -185,6 +189,7 @@ async fn main() -> ExitCode {
         Cmd::Reconcile(_) => "reconcile",
         Cmd::AlertIndex(_) => "alert-index",
         Cmd::AlertPush(_) => "alert-push",
+        Cmd::HttpStack(_) => "http-stack",
         Cmd::Fanout(_) => "fanout",
         Cmd::FanoutClient(_) => "fanout-client",
         Cmd::Email(_) => "email",

@@ -111,7 +111,7 @@ pub fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
     }
 }
 
-fn wrk(url: &str, seconds: u64, conns: u32) -> anyhow::Result<Wrk> {
+pub fn wrk(url: &str, seconds: u64, conns: u32) -> anyhow::Result<Wrk> {
     eprintln!("==> wrk -t2 -c{conns} -d{seconds}s --latency {url}");
     let out = Command::new("wrk")
         .args([
