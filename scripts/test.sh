@@ -49,7 +49,8 @@ export PRICEFEED_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export PRICEFEED_TEST_REDIS_SERVER="$(command -v redis-server)"
 export PRICEFEED_BIN_DIR="$CARGO_TARGET_DIR/debug"
 export PRICEFEED_SIM_BIN="$PRICEFEED_BIN_DIR/pricefeed-sim"
-# The email tests run a real SMTP server (tests/smtp/sink.py, aiosmtpd from the venv).
+# The email tests run a real SMTP server (tests/smtp/sink.py, aiosmtpd from the venv);
+# tests/api_contract.rs runs schemathesis from the venv against a node's OpenAPI document.
 export PRICEFEED_TEST_PYTHON="$PF_VENV/bin/python"
 
 step "building binaries"

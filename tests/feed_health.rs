@@ -19,7 +19,7 @@ use pricefeed_tests::{
     Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
     metric, migrate, start_nodes, start_schedulers,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(30);
 /// Stall → order: 1.5 s threshold + ≤ 1 s hash rewrite + one check period, with slack for a
@@ -668,4 +668,123 @@ async fn a_quiet_connection_is_not_churned() {
         "a quiet connection was ordered to reconnect:\n{}",
         sched.log_tail()
     );
+}
+
+/// `GET /api/v1/cluster` on either node shows every node's feed connections and their health,
+/// exactly as each node published them in its hash (the same connections, the same connected
+/// flags, fresh frames), not only the answering node's; a node killed with SIGKILL shows
+/// `reported: false` on the other once its hash expires.
+#[tokio::test]
+async fn every_node_shows_every_nodes_feed_health() {
+    let World {
+        http,
+        env,
+        prefix,
+        sym_a,
+        sym_b,
+        sim: _sim,
+    } = world(&[]).await;
+    let _sched = start_schedulers(&["sched"], &env).await;
+    let mut nodes = start_nodes(&["n1", "n2"], &env).await;
+    let client = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let (key_a, key_b) = (format!("spot:{sym_a}"), format!("usdm:{sym_b}"));
+    let until = Instant::now() + READY;
+    loop {
+        if let (Some(a), Some(b)) = (
+            owner_of(&http, &nodes, &key_a).await,
+            owner_of(&http, &nodes, &key_b).await,
+        ) && a != b
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "instruments not split over the nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Each node's view of each node equals that node's hash, with a connected, fresh connection.
+    let until = Instant::now() + READY;
+    loop {
+        let mut mismatch = Vec::new();
+        for viewer in &nodes {
+            let view = get_json(&http, &viewer.url("/api/v1/cluster"))
+                .await
+                .unwrap_or(Value::Null);
+            for id in ["n1", "n2"] {
+                let hash = feed_view(&mut redis, &prefix, id).await;
+                let want: BTreeMap<String, bool> = hash
+                    .conns
+                    .iter()
+                    .map(|(c, (last, _))| (c.clone(), *last > 0))
+                    .collect();
+                let entry = view["nodes"]
+                    .as_array()
+                    .and_then(|l| l.iter().find(|n| n["node_id"] == id))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let feed = &entry["feed"];
+                let got: BTreeMap<String, bool> = feed["conns"]
+                    .as_array()
+                    .map(|l| {
+                        l.iter()
+                            .map(|c| {
+                                (
+                                    c["id"].as_str().unwrap_or_default().to_string(),
+                                    c["connected"] == true,
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let fresh = feed["max_last_frame_age_ms"]
+                    .as_i64()
+                    .is_some_and(|a| a < 5_000);
+                if feed["reported"] != true
+                    || feed["connected"].as_u64().unwrap_or(0) == 0
+                    || !fresh
+                    || got != want
+                {
+                    mismatch.push(format!(
+                        "{} sees {id}: {feed}\n  hash: {want:?}",
+                        viewer.name
+                    ));
+                }
+            }
+        }
+        if mismatch.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "cluster views do not show both nodes' feeds:\n{}",
+            mismatch.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // n2 dies without a word: its hash expires (10 s), and n1 says it has no report from it.
+    pricefeed_tests::signal(nodes[1].child.id(), "KILL");
+    nodes[1].wait_exit(READY).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = get_json(&http, &nodes[0].url("/api/v1/cluster"))
+            .await
+            .unwrap_or(Value::Null);
+        let n2 = view["nodes"]
+            .as_array()
+            .and_then(|l| l.iter().find(|n| n["node_id"] == "n2"))
+            .cloned();
+        match n2 {
+            None => break,
+            Some(n) if n["feed"]["reported"] == false && n["feed"]["conns"] == json!([]) => break,
+            Some(n) => assert!(
+                Instant::now() < until,
+                "n1 still reports the dead n2's feed: {n}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

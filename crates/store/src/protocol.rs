@@ -239,6 +239,45 @@ pub struct ReconnectOrder {
     pub reason: String,
 }
 
+/// One field of `{p}:feed:{node}` (field name `market:conn`): `last_frame_ms,mean_gap_ms` while
+/// the connection is up, `0` while it is not (connecting, or waiting out a backoff).
+/// `last_frame_ms` is the node's wall clock at the connection's last frame of any kind;
+/// `mean_gap_ms` the mean time between its trade arrivals this session, `-1` while too few
+/// arrived to tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedField {
+    pub connected: bool,
+    pub last_frame_ms: i64,
+    pub mean_gap_ms: i64,
+}
+
+impl FeedField {
+    pub fn encode(&self) -> String {
+        if self.connected {
+            format!("{},{}", self.last_frame_ms, self.mean_gap_ms)
+        } else {
+            "0".to_string()
+        }
+    }
+
+    /// Decodes a field; a bare `last_frame_ms` (from an older node) has gap `-1`. `None` for
+    /// anything else. A connection that is up but has not had a frame yet has `last_frame_ms` 0.
+    pub fn decode(s: &str) -> Option<Self> {
+        let (connected, last, gap) = match s.split_once(',') {
+            Some((l, g)) => (true, l.parse().ok()?, g.parse().ok()?),
+            None => {
+                let last: i64 = s.parse().ok()?;
+                (last > 0, last, -1)
+            }
+        };
+        Some(Self {
+            connected,
+            last_frame_ms: last,
+            mean_gap_ms: gap,
+        })
+    }
+}
+
 /// A latest price as stored in `{p}:prices` and published on `{p}:ticks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PriceDoc {
@@ -356,6 +395,22 @@ pub struct AlertEvent {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn feed_fields_round_trip() {
+        let up = FeedField {
+            connected: true,
+            last_frame_ms: 1_796_000_000_123,
+            mean_gap_ms: 40,
+        };
+        assert_eq!(up.encode(), "1796000000123,40");
+        assert_eq!(FeedField::decode(&up.encode()), Some(up));
+        let down = FeedField::decode("0").unwrap();
+        assert!(!down.connected);
+        assert_eq!(down.encode(), "0");
+        assert_eq!(FeedField::decode("17").unwrap().mean_gap_ms, -1);
+        assert_eq!(FeedField::decode("x,1"), None);
+    }
+
     use super::*;
 
     #[test]

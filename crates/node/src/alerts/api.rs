@@ -10,7 +10,7 @@ use pricefeed_domain::bucket::Span;
 use pricefeed_domain::instrument::{InstrumentKey, Symbol};
 use pricefeed_store::alerts::{self as store, Alert, AlertError, AlertInput};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -18,7 +18,10 @@ use utoipa_axum::routes;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{IdPath, Q, parse_market};
 use crate::api::page_limit;
+use crate::api::schema::{SymbolFmt, symbol_param};
 use crate::auth::extract::{AuthUser, JsonBody};
+
+use super::input::{self, AlertPatch, NewAlert};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -38,69 +41,6 @@ pub struct RearmDto {
     /// The watched value must first go back past the threshold by this percentage (0-50).
     #[schema(value_type = String, example = "0.5")]
     pub hysteresis_pct: Decimal,
-}
-
-/// A new alert.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewAlert {
-    #[schema(example = "BTCUSDT")]
-    pub symbol: String,
-    /// `spot` (default), `usdm` or `options`.
-    #[schema(example = "spot")]
-    pub market: Option<String>,
-    /// `above`, `below`, `crosses_up`, `crosses_down` (last price); `vwap_above`,
-    /// `vwap_below` (rolling VWAP of `interval`); `move_pct` (a move of at least `threshold` %
-    /// within `window`); `zscore` (the price at least `threshold` standard deviations from its
-    /// 24 h mean).
-    #[schema(value_type = String, example = "above")]
-    pub condition: Kind,
-    /// Price or VWAP level; percent for `move_pct`; k for `zscore`.
-    #[schema(value_type = String, example = "95000")]
-    pub threshold: Decimal,
-    /// VWAP interval for `vwap_*`, e.g. `5m`.
-    #[schema(value_type = Option<String>, example = "5m")]
-    pub interval: Option<Span>,
-    /// Window for `move_pct`, e.g. `15m`.
-    #[schema(value_type = Option<String>, example = "15m")]
-    pub window: Option<Span>,
-    /// Any of `email`, `websocket` (default both).
-    pub channels: Option<Vec<String>>,
-    pub rearm: Option<RearmDto>,
-    /// Up to 200 characters, shown in the email.
-    pub note: Option<String>,
-}
-
-fn double<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// Changes to an alert; omitted fields stay as they are (`rearm: null` makes it one-shot).
-/// Any change re-arms the alert.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AlertPatch {
-    #[schema(value_type = Option<String>)]
-    pub condition: Option<Kind>,
-    #[schema(value_type = Option<String>)]
-    pub threshold: Option<Decimal>,
-    #[serde(default, deserialize_with = "double")]
-    #[schema(value_type = Option<String>)]
-    pub interval: Option<Option<Span>>,
-    #[serde(default, deserialize_with = "double")]
-    #[schema(value_type = Option<String>)]
-    pub window: Option<Option<Span>>,
-    pub channels: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "double")]
-    pub rearm: Option<Option<RearmDto>>,
-    #[serde(default, deserialize_with = "double")]
-    pub note: Option<Option<String>>,
-    /// `active` or `paused`.
-    pub status: Option<String>,
 }
 
 /// An alert.
@@ -154,52 +94,41 @@ impl From<Alert> for AlertDto {
     }
 }
 
-fn input(
-    st: &AppState,
-    cond: Condition,
-    channels: Option<Vec<String>>,
-    rearm: Option<RearmDto>,
+/// What every alert needs beyond its condition, checked field by field (422).
+struct Extras {
+    channels: Vec<String>,
+    rearm: Option<Rearm>,
     note: Option<String>,
-    status: &str,
-) -> ApiResult<AlertInput> {
-    cond.validate(&st.vwap.intervals)
-        .map_err(|e| ApiError::field(e.field, e.msg))?;
-    let channels =
-        channels.unwrap_or_else(|| store::CHANNELS.iter().map(|c| c.to_string()).collect());
-    if channels.is_empty()
-        || channels.len() > 2
-        || channels
-            .iter()
-            .any(|c| !store::CHANNELS.contains(&c.as_str()))
-    {
-        return Err(ApiError::field(
-            "channels",
-            "one or both of email, websocket",
-        ));
+}
+
+fn extras(
+    channels: Option<Vec<String>>,
+    rearm: Option<input::RearmInput>,
+    note: Option<String>,
+) -> ApiResult<Extras> {
+    let channels = match channels {
+        Some(c) => input::channels(c)?,
+        None => store::CHANNELS.iter().map(|c| c.to_string()).collect(),
+    };
+    let rearm = rearm.map(input::rearm).transpose()?;
+    if let Some(n) = &note {
+        input::note(n)?;
     }
-    let mut channels = channels;
-    channels.sort();
-    channels.dedup();
-    let rearm = rearm.map(|r| Rearm {
-        cooldown_ms: r.cooldown_ms,
-        hysteresis_pct: r.hysteresis_pct,
-    });
-    if let Some(r) = &rearm {
-        r.validate().map_err(|e| ApiError::field(e.field, e.msg))?;
-    }
-    if note.as_ref().is_some_and(|n| n.chars().count() > 200) {
-        return Err(ApiError::field("note", "at most 200 characters"));
-    }
-    if !matches!(status, "active" | "paused") {
-        return Err(ApiError::field("status", "active or paused"));
-    }
-    Ok(AlertInput {
-        condition: cond,
+    Ok(Extras {
         channels,
         rearm,
         note,
-        status: status.to_string(),
     })
+}
+
+fn alert_input(cond: Condition, e: Extras, status: &str) -> AlertInput {
+    AlertInput {
+        condition: cond,
+        channels: e.channels,
+        rearm: e.rearm,
+        note: e.note,
+        status: status.to_string(),
+    }
 }
 
 /// Creates an alert.
@@ -207,10 +136,13 @@ fn input(
     security(("bearer" = [])),
     responses(
         (status = 201, body = AlertDto),
+        (status = 400, description = "Body is not JSON", content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
         (status = 404, description = "Unknown instrument", content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (named)", content_type = "application/problem+json"),
         (status = 429, description = "The user has the most alerts allowed", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn create(
     State(st): State<AppState>,
@@ -223,11 +155,18 @@ async fn create(
     let key = InstrumentKey::new(market, &symbol);
     let cond = Condition {
         kind: n.condition,
-        threshold: n.threshold,
-        interval: n.interval,
-        window: n.window,
+        threshold: input::threshold(&n.threshold)?,
+        interval: n
+            .interval
+            .as_deref()
+            .map(|i| input::interval(i, &st.vwap.intervals))
+            .transpose()?,
+        window: n.window.as_deref().map(input::window).transpose()?,
     };
-    let inp = input(&st, cond, n.channels, n.rearm, n.note, "active")?;
+    // The body is complete, so a condition that breaks a rule breaks the schema: 422.
+    cond.validate(&st.vwap.intervals)
+        .map_err(|e| ApiError::field(e.field, e.msg))?;
+    let inp = alert_input(cond, extras(n.channels, n.rearm, n.note)?, "active");
     let inst = crate::api::vwap::known_id(&st, &key).await?;
     let a = store::create_alert(&st.db, user.id, inst, &inp, st.alerts.max_per_user)
         .await
@@ -251,7 +190,7 @@ pub struct ListParams {
     #[param(pattern = "^(active|paused|triggered)$")]
     status: Option<String>,
     /// Only alerts of this symbol (with `market`).
-    #[param(example = "BTCUSDT")]
+    #[param(value_type = Option<SymbolFmt>)]
     symbol: Option<String>,
     /// `spot` (default), `usdm` or `options`.
     #[param(pattern = "^(spot|usdm|options)$")]
@@ -271,10 +210,13 @@ pub struct AlertPage {
     pub next_cursor: Option<String>,
 }
 
+/// A `cursor`: exactly the documented `^[0-9]{1,18}$` (`parse` alone would take a sign).
 fn cursor(c: Option<&str>) -> ApiResult<Option<i64>> {
     c.map(|c| {
-        c.parse::<i64>()
-            .map_err(|_| ApiError::param("cursor", "cursor must come from next_cursor"))
+        Some(c)
+            .filter(|c| (1..=18).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|c| c.parse::<i64>().ok())
+            .ok_or_else(|| ApiError::param("cursor", "cursor must come from next_cursor"))
     })
     .transpose()
 }
@@ -286,6 +228,7 @@ fn cursor(c: Option<&str>) -> ApiResult<Option<i64>> {
         (status = 200, body = AlertPage),
         (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn list(
     State(st): State<AppState>,
@@ -298,11 +241,12 @@ async fn list(
     {
         return Err(ApiError::param("status", "active, paused or triggered"));
     }
-    let inst = match q.symbol.as_deref() {
+    let market = parse_market(q.market.as_deref())?;
+    let after = cursor(q.cursor.as_deref())?;
+    let inst = match symbol_param("symbol", q.symbol.as_deref())? {
         None => None,
-        Some(s) => {
-            let sym = Symbol::parse(s).map_err(|e| ApiError::param("symbol", e.to_string()))?;
-            let key = InstrumentKey::new(parse_market(q.market.as_deref())?, &sym);
+        Some(sym) => {
+            let key = InstrumentKey::new(market, &sym);
             match st.ids.lookup(&st.db, &key).await? {
                 Some(id) => Some(id),
                 // Nobody can have alerts on an unknown instrument.
@@ -315,15 +259,7 @@ async fn list(
             }
         }
     };
-    let rows = store::list_alerts(
-        &st.db,
-        user.id,
-        q.status.as_deref(),
-        inst,
-        cursor(q.cursor.as_deref())?,
-        limit,
-    )
-    .await?;
+    let rows = store::list_alerts(&st.db, user.id, q.status.as_deref(), inst, after, limit).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|a| a.id.to_string()))
         .flatten();
@@ -339,12 +275,14 @@ fn gone(id: i64) -> ApiError {
 
 /// One of the caller's alerts.
 #[utoipa::path(get, path = "/alerts/{id}", tag = "alerts",
-    params(("id" = i64, Path, description = "Alert id", minimum = 1)),
+    params(("id" = i64, Path, description = "Alert id", minimum = 1, maximum = 9223372036854775807_i64)),
     security(("bearer" = [])),
     responses(
         (status = 200, body = AlertDto),
+        (status = 400, description = "Malformed id", content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
         (status = 404, description = "No such alert of the caller", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn get_one(
     State(st): State<AppState>,
@@ -359,13 +297,17 @@ async fn get_one(
 
 /// Changes one of the caller's alerts (and re-arms it).
 #[utoipa::path(patch, path = "/alerts/{id}", tag = "alerts", request_body = AlertPatch,
-    params(("id" = i64, Path, description = "Alert id", minimum = 1)),
+    params(("id" = i64, Path, description = "Alert id", minimum = 1, maximum = 9223372036854775807_i64)),
     security(("bearer" = [])),
     responses(
         (status = 200, body = AlertDto),
+        (status = 400, description = "Malformed id, or a body that is not JSON", content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
         (status = 404, description = "No such alert of the caller", content_type = "application/problem+json"),
+        (status = 409, description = "The change does not fit the alert's other fields (named)", content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (named)", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn patch(
     State(st): State<AppState>,
@@ -373,36 +315,61 @@ async fn patch(
     IdPath(id): IdPath,
     JsonBody(p): JsonBody<AlertPatch>,
 ) -> ApiResult<Json<AlertDto>> {
+    // Each field on its own first (422), before the alert is even read.
+    let threshold = p.threshold.as_deref().map(input::threshold).transpose()?;
+    let interval = p
+        .interval
+        .map(|i| {
+            i.as_deref()
+                .map(|i| input::interval(i, &st.vwap.intervals))
+                .transpose()
+        })
+        .transpose()?;
+    let window = p
+        .window
+        .map(|w| w.as_deref().map(input::window).transpose())
+        .transpose()?;
+    if let Some(s) = p.status.as_deref() {
+        input::status(s)?;
+    }
+    let rearm_in = match p.rearm {
+        None => None,
+        Some(r) => Some(r.map(input::rearm).transpose()?),
+    };
+    if let Some(Some(n)) = &p.note {
+        input::note(n)?;
+    }
+    let channels = p.channels.map(input::channels).transpose()?;
+
     let cur = store::alert(&st.db, user.id, id)
         .await?
         .ok_or_else(|| gone(id))?;
     let cond = Condition {
         kind: p.condition.unwrap_or(cur.condition.kind),
-        threshold: p.threshold.unwrap_or(cur.condition.threshold),
-        interval: p.interval.unwrap_or(cur.condition.interval),
-        window: p.window.unwrap_or(cur.condition.window),
+        threshold: threshold.unwrap_or(cur.condition.threshold),
+        interval: interval.unwrap_or(cur.condition.interval),
+        window: window.unwrap_or(cur.condition.window),
     };
-    let rearm = match p.rearm {
-        Some(r) => r,
-        None => cur.rearm.map(|r| RearmDto {
-            cooldown_ms: r.cooldown_ms,
-            hysteresis_pct: r.hysteresis_pct,
-        }),
-    };
+    // The merged alert: a rule it breaks comes from combining the change with what is stored.
+    cond.validate(&st.vwap.intervals).map_err(|e| {
+        ApiError::Conflict(format!(
+            "{}: {} (with the alert's current fields)",
+            e.field, e.msg
+        ))
+    })?;
     let status = match p.status.as_deref() {
         Some(s) => s.to_string(),
         // A triggered one-shot alert that is changed becomes active again.
         None if cur.status == "triggered" => "active".into(),
         None => cur.status.clone(),
     };
-    let inp = input(
-        &st,
-        cond,
-        Some(p.channels.unwrap_or(cur.channels)),
-        rearm,
-        p.note.unwrap_or(cur.note),
-        &status,
-    )?;
+    let inp = AlertInput {
+        condition: cond,
+        channels: channels.unwrap_or(cur.channels),
+        rearm: rearm_in.unwrap_or(cur.rearm),
+        note: p.note.unwrap_or(cur.note),
+        status,
+    };
     let a = store::update_alert(&st.db, user.id, id, &inp)
         .await?
         .ok_or_else(|| gone(id))?;
@@ -413,12 +380,14 @@ async fn patch(
 
 /// Deletes one of the caller's alerts (its trigger history goes with it).
 #[utoipa::path(delete, path = "/alerts/{id}", tag = "alerts",
-    params(("id" = i64, Path, description = "Alert id", minimum = 1)),
+    params(("id" = i64, Path, description = "Alert id", minimum = 1, maximum = 9223372036854775807_i64)),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
         (status = 404, description = "No such alert of the caller", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn delete(
     State(st): State<AppState>,
@@ -490,12 +459,14 @@ pub struct NotificationPage {
 
 /// Every trigger of one of the caller's alerts, newest first, with its delivery per channel.
 #[utoipa::path(get, path = "/alerts/{id}/notifications", tag = "alerts",
-    params(("id" = i64, Path, description = "Alert id", minimum = 1), NotificationParams),
+    params(("id" = i64, Path, description = "Alert id", minimum = 1, maximum = 9223372036854775807_i64), NotificationParams),
     security(("bearer" = [])),
     responses(
         (status = 200, body = NotificationPage),
+        (status = 400, description = "Malformed id or parameter", content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", content_type = "application/problem+json"),
         (status = 404, description = "No such alert of the caller", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn notifications(
     State(st): State<AppState>,
@@ -503,12 +474,12 @@ async fn notifications(
     IdPath(id): IdPath,
     Q(q): Q<NotificationParams>,
 ) -> ApiResult<Json<NotificationPage>> {
+    let limit = page_limit(q.limit)?;
+    let after = cursor(q.cursor.as_deref())?;
     store::alert(&st.db, user.id, id)
         .await?
         .ok_or_else(|| gone(id))?;
-    let limit = page_limit(q.limit)?;
-    let rows =
-        store::notifications(&st.db, user.id, id, limit, cursor(q.cursor.as_deref())?).await?;
+    let rows = store::notifications(&st.db, user.id, id, limit, after).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|n| n.trigger_id.to_string()))
         .flatten();

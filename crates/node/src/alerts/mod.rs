@@ -16,6 +16,7 @@
 //!   repairs anything a lost message missed.
 
 pub mod api;
+pub mod input;
 pub mod tap;
 
 use std::collections::{HashMap, HashSet};

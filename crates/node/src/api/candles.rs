@@ -2,8 +2,12 @@
 //! and per-second buckets where history is confirmed and from raw trades after the horizon
 //! ([`pricefeed_store::history::read::candles`]), so no request scans raw trades over a long
 //! range. Candles without trades are omitted.
+//!
+//! The requested range is clamped to what is kept (`retention.buckets_days`) and to now, and a
+//! range of more than [`MAX_CANDLES`] gives its last [`MAX_CANDLES`] candles with `truncated`:
+//! every well-formed request has an answer, and the response's `from`/`to` say what it covers.
 
-use super::error::{ApiError, ApiResult};
+use super::error::ApiResult;
 use axum::Json;
 use axum::extract::State;
 use pricefeed_domain::bucket::Span;
@@ -15,7 +19,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{Q, SymbolPath, parse_interval};
-use super::vwap::{check_past, known_id};
+use super::schema::{CANDLE_INTERVALS, CandleInterval, SymbolFmt, TimeMs, time_param};
+use super::vwap::{kept_from, known_id};
 use crate::ingest::connector::now_ms;
 use crate::state::AppState;
 
@@ -26,29 +31,25 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_candles))
 }
 
+/// [`CANDLE_INTERVALS`], the lengths the document lists.
 fn intervals() -> [Span; 6] {
-    [
-        Span::MINUTE,
-        Span::from_secs(300).expect("positive"),
-        Span::from_secs(900).expect("positive"),
-        Span::HOUR,
-        Span::from_secs(4 * 3600).expect("positive"),
-        Span::DAY,
-    ]
+    CANDLE_INTERVALS.map(|s| s.parse().expect("candle intervals are valid spans"))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CandleParams {
-    /// Range start, ms (default: 24 h before `to`); rounded down to the interval.
-    #[param(minimum = 1262304000000_i64)]
+    /// Range start, ms (default: 24 h before `to`); rounded down to the interval, and moved up
+    /// to the oldest kept history (`retention.buckets_days`).
+    #[param(value_type = Option<TimeMs>)]
     from: Option<i64>,
-    /// Range end, ms (default: now); the candle holding it is the last one.
-    #[param(minimum = 1262304000000_i64)]
+    /// Range end, ms (default and at most: now); the candle holding it is the last one. A range
+    /// that ends before it starts holds no candle.
+    #[param(value_type = Option<TimeMs>)]
     to: Option<i64>,
-    /// Candle length: `1m` (default), `5m`, `15m`, `1h`, `4h`, `1d`.
-    #[param(example = "1m")]
+    /// Candle length (default `1m`).
+    #[param(value_type = Option<CandleInterval>)]
     interval: Option<String>,
     /// `spot` (default), `usdm` or `options`.
     #[param(pattern = "^(spot|usdm|options)$")]
@@ -84,6 +85,8 @@ pub struct CandleDto {
     pub validated: bool,
 }
 
+/// The candles of `[from, to)`, after clamping the requested range to the kept history and to
+/// now.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CandlesDto {
     pub market: String,
@@ -91,15 +94,18 @@ pub struct CandlesDto {
     pub interval: String,
     pub from: i64,
     pub to: i64,
+    /// True when the requested range held more than 1500 candles: these are the last 1500 of
+    /// it (`from` says where they start).
+    pub truncated: bool,
     pub candles: Vec<CandleDto>,
 }
 
 /// OHLCV candles of one instrument.
 #[utoipa::path(get, path = "/prices/{symbol}/history", tag = "prices",
-    params(("symbol" = String, Path, description = "Symbol, any case", example = "BTCUSDT"), CandleParams),
+    params(("symbol" = SymbolFmt, Path, description = "Symbol, any case"), CandleParams),
     responses(
         (status = 200, body = CandlesDto),
-        (status = 400, description = "Malformed parameter, or the range holds more than 1500 candles (`param` = from)", content_type = "application/problem+json"),
+        (status = 400, description = "Malformed parameter (named)", content_type = "application/problem+json"),
         (status = 404, description = "Unknown instrument", content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
@@ -115,27 +121,20 @@ async fn get_candles(
         Span::MINUTE,
         &intervals(),
     )?;
+    let (from_q, to_q) = (time_param("from", q.from)?, time_param("to", q.to)?);
     let now = now_ms();
-    let to_raw = q.to.unwrap_or(now).min(now);
-    let from_raw = q.from.unwrap_or(to_raw - Span::DAY.ms());
-    check_past(&st, "from", from_raw, now)?;
-    if q.to.is_some() {
-        check_past(&st, "to", to_raw, now)?;
-    }
-    if from_raw > to_raw {
-        return Err(ApiError::param("from", "from must not be after to"));
-    }
-    let from = span.floor(from_raw);
+    let to_raw = to_q.unwrap_or(now).min(now);
+    let from_raw = from_q
+        .unwrap_or(to_raw - Span::DAY.ms())
+        .max(kept_from(&st, now));
     let to = span.floor(to_raw) + span.ms();
-    let n = (to - from) / span.ms();
-    if n > MAX_CANDLES {
-        return Err(ApiError::param(
-            "from",
-            format!(
-                "the range holds {n} candles of {span}, more than {MAX_CANDLES}; narrow it or use a longer interval"
-            ),
-        ));
-    }
+    let from = span.floor(from_raw).min(to);
+    let earliest = to - MAX_CANDLES * span.ms();
+    let (from, truncated) = if from < earliest {
+        (earliest, true)
+    } else {
+        (from, false)
+    };
     let inst = known_id(&st, &key).await?;
     let mut conn = st.db.acquire().await?;
     let cs = read::candles(&mut conn, inst, span, from, to).await?;
@@ -145,6 +144,7 @@ async fn get_candles(
         interval: span.to_string(),
         from,
         to,
+        truncated,
         candles: cs
             .into_iter()
             .map(|c| CandleDto {

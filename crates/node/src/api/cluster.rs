@@ -4,8 +4,11 @@
 //!
 //! Node liveness uses the threshold published with the assignment (the leader's
 //! `scheduler.node_dead_after_ms`), so "alive" here means exactly what the scheduler acted on.
-//! `feed` summarises the broker connections of the node answering (its own connections are all
-//! it can see first-hand); per-connection and per-instrument detail is at
+//! Each node's broker connections and their health come from the feed-health hash it rewrites
+//! every second (`{p}:feed:{node}`, the one the scheduler's feed watch reads), all nodes in one
+//! pipelined round trip, with ages on the Redis clock like the heartbeats; a node that stopped
+//! writing it shows `reported: false` once it expires (10 s). The top-level `feed` is the
+//! answering node's own view, first-hand; per-instrument detail is at
 //! `GET /api/v1/cluster/ingest` on each node.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error::ApiResult;
 use axum::Json;
 use axum::extract::State;
+use pricefeed_store::feed::{self, FeedField};
 use pricefeed_store::lease;
 use pricefeed_store::registry::Registry;
 use serde::Serialize;
@@ -132,6 +136,58 @@ pub struct ClusterNode {
     pub slice_size: usize,
     /// Start time, ms since the epoch; absent once its registry record expired.
     pub started_at: Option<i64>,
+    /// Its broker connections and their health, as it last published them.
+    pub feed: NodeFeed,
+}
+
+/// One node's broker WS connections, from its feed-health hash in Redis.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeFeed {
+    /// False when the node has no feed-health hash (it has not written one yet, or stopped
+    /// writing it more than 10 s ago).
+    pub reported: bool,
+    pub connections: usize,
+    pub connected: usize,
+    /// Longest time since the last frame over its connected connections (Redis clock); null
+    /// when none has had a frame.
+    pub max_last_frame_age_ms: Option<i64>,
+    /// Each connection, in `market:conn` order.
+    pub conns: Vec<FeedConn>,
+}
+
+/// One broker WS connection of a node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedConn {
+    /// `market:conn`, e.g. `spot:1` (the `conn_id` of reconnect orders).
+    #[schema(example = "spot:1")]
+    pub id: String,
+    /// False while connecting or waiting out a reconnect backoff.
+    pub connected: bool,
+    /// Since its last frame of any kind (pings included); null while not connected or before
+    /// the first frame.
+    pub last_frame_age_ms: Option<i64>,
+    /// Mean time between its trade arrivals this session; null until enough arrived to tell.
+    pub mean_gap_ms: Option<i64>,
+}
+
+fn node_feed(now_ms: i64, fields: BTreeMap<String, FeedField>) -> NodeFeed {
+    let conns: Vec<FeedConn> = fields
+        .into_iter()
+        .map(|(id, f)| FeedConn {
+            id,
+            connected: f.connected,
+            last_frame_age_ms: (f.connected && f.last_frame_ms > 0)
+                .then(|| (now_ms - f.last_frame_ms).max(0)),
+            mean_gap_ms: (f.connected && f.mean_gap_ms >= 0).then_some(f.mean_gap_ms),
+        })
+        .collect();
+    NodeFeed {
+        reported: !conns.is_empty(),
+        connections: conns.len(),
+        connected: conns.iter().filter(|c| c.connected).count(),
+        max_last_frame_age_ms: conns.iter().filter_map(|c| c.last_frame_age_ms).max(),
+        conns,
+    }
 }
 
 /// Cluster overview.
@@ -147,7 +203,8 @@ pub struct ClusterView {
     pub instruments: usize,
     /// Of those, how many no node owns under the published assignment.
     pub unassigned: usize,
-    /// Broker feed health of the node answering.
+    /// Broker feed health of the node answering, first-hand (every node's, as published, is in
+    /// `nodes[].feed`).
     pub feed: FeedSummary,
     /// REST reconciliation progress (per instrument at `/api/v1/cluster/reconcile`).
     pub reconcile: ReconcileSummary,
@@ -177,7 +234,8 @@ fn feed_summary(st: &AppState) -> FeedSummary {
     }
 }
 
-/// Nodes, heartbeat ages, slice sizes, the assignment epoch and the scheduler leader.
+/// Nodes with heartbeat ages, slice sizes and feed health, the assignment epoch and the
+/// scheduler leader.
 #[utoipa::path(
     get,
     path = "/cluster",
@@ -194,6 +252,8 @@ async fn cluster(State(st): State<AppState>) -> ApiResult<Json<ClusterView>> {
         .list()
         .await?;
     let leader = lease::current(&mut redis, &st.key_prefix).await?;
+    let ids: Vec<&str> = listed.iter().map(|n| n.node_id.as_str()).collect();
+    let (redis_now, feeds) = feed::read_feeds(&mut redis, &st.key_prefix, &ids).await?;
     let symbols = pricefeed_store::instruments::tradable_symbols(&st.db).await?;
     let reconcile = summary(&lags(
         pricefeed_store::history::read::reconcile_lags(&st.db).await?,
@@ -218,7 +278,9 @@ async fn cluster(State(st): State<AppState>) -> ApiResult<Json<ClusterView>> {
     let unassigned = symbols.iter().filter(|s| !owned.contains(s)).count();
     let nodes = listed
         .into_iter()
-        .map(|n| ClusterNode {
+        .zip(feeds)
+        .map(|(n, f)| ClusterNode {
+            feed: node_feed(redis_now, f),
             alive: n.is_alive(dead_after),
             slice_size: sizes.get(&n.node_id).copied().unwrap_or(0),
             addr: n.record.as_ref().map(|r| r.addr.clone()),

@@ -100,7 +100,9 @@ pub fn parse_interval(
     let span: Span = raw
         .parse()
         .map_err(|_| ApiError::param(param, format!("{param} must be one of {}", list())))?;
-    if !allowed.contains(&span) {
+    // Only the listed spelling: `60s` is the same span as `1m` but not one of the documented
+    // values.
+    if !allowed.contains(&span) || span.to_string() != raw {
         return Err(ApiError::param(
             param,
             format!("{param} must be one of {}", list()),

@@ -19,7 +19,11 @@ use utoipa_axum::routes;
 
 use super::page_limit;
 use super::prices::{PriceDto, lookup};
+use super::schema::{SymbolFmt, symbol_param};
 use crate::state::AppState;
+
+/// Latest `expiry_before`: 9999-12-31T23:59:59.999Z.
+const MAX_EXPIRY_MS: i64 = 253_402_300_799_999;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -167,6 +171,7 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<SymbolFmt>)]
     cursor: Option<String>,
 }
 
@@ -179,12 +184,14 @@ fn path_symbol(s: &str) -> ApiResult<Symbol> {
     responses(
         (status = 200, body = Page<UnderlyingDto>),
         (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres or Redis unavailable", content_type = "application/problem+json"),
     ))]
 async fn list_underlyings(
     State(st): State<AppState>,
     Q(q): Q<ListParams>,
 ) -> ApiResult<Json<Page<UnderlyingDto>>> {
     let limit = page_limit(q.limit)?;
+    symbol_param("cursor", q.cursor.as_deref())?;
     let rows = instruments::list_underlyings(&st.db, q.cursor.as_deref(), limit)
         .await
         .map_err(ApiError::from)?;
@@ -200,11 +207,12 @@ async fn list_underlyings(
 
 /// One underlying and its derivatives.
 #[utoipa::path(get, path = "/underlyings/{symbol}", tag = "instruments",
-    params(("symbol" = String, Path, description = "Underlying symbol, any case", example = "BTCUSDT")),
+    params(("symbol" = SymbolFmt, Path, description = "Underlying symbol, any case")),
     responses(
         (status = 200, body = UnderlyingDetail),
         (status = 400, description = "Malformed symbol", content_type = "application/problem+json"),
         (status = 404, description = "Unknown symbol", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres or Redis unavailable", content_type = "application/problem+json"),
     ))]
 async fn get_underlying(
     State(st): State<AppState>,
@@ -249,16 +257,19 @@ async fn get_underlying(
 #[serde(deny_unknown_fields)]
 pub struct DerivativeParams {
     /// Only derivatives of this underlying.
+    #[param(value_type = Option<SymbolFmt>)]
     underlying: Option<String>,
     /// perpetual, future or option.
     #[param(pattern = "^(perpetual|future|option)$")]
     kind: Option<String>,
-    /// Only contracts expiring before this time (ms since the epoch).
+    /// Only contracts expiring before this time (ms since the epoch, 0 to year 9999).
+    #[param(minimum = 0, maximum = 253402300799999_i64)]
     expiry_before: Option<i64>,
     /// Page size, 1..=500 (default 100).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<SymbolFmt>)]
     cursor: Option<String>,
 }
 
@@ -267,17 +278,24 @@ pub struct DerivativeParams {
     responses(
         (status = 200, body = Page<DerivativeDto>),
         (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres or Redis unavailable", content_type = "application/problem+json"),
     ))]
 async fn list_derivatives(
     State(st): State<AppState>,
     Q(q): Q<DerivativeParams>,
 ) -> ApiResult<Json<Page<DerivativeDto>>> {
     let limit = page_limit(q.limit)?;
-    let underlying = q
-        .underlying
-        .as_deref()
-        .map(|s| Symbol::parse(s).map_err(|e| ApiError::param("underlying", e.to_string())))
-        .transpose()?;
+    let underlying = symbol_param("underlying", q.underlying.as_deref())?;
+    symbol_param("cursor", q.cursor.as_deref())?;
+    // Postgres turns the bound into a timestamp: keep it within one (year 9999).
+    if q.expiry_before
+        .is_some_and(|t| !(0..=MAX_EXPIRY_MS).contains(&t))
+    {
+        return Err(ApiError::param(
+            "expiry_before",
+            format!("expiry_before must be a time in ms between 0 and {MAX_EXPIRY_MS}"),
+        ));
+    }
     let kind = q
         .kind
         .as_deref()

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod instruments;
 pub mod node;
 pub mod prices;
+pub mod schema;
 pub mod stats;
 pub mod vwap;
 
@@ -45,6 +46,12 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     modifiers(&BearerAuth),
+    components(schemas(
+        schema::SymbolFmt,
+        schema::TimeMs,
+        schema::CandleInterval,
+        schema::VwapInterval
+    )),
     info(
         title = "pricefeed API",
         version = "1",
@@ -67,7 +74,7 @@ struct ApiDoc;
 
 /// The whole `/api/v1` router plus `/docs`, with the spec generated from the routes.
 pub fn router(state: AppState) -> Router {
-    let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest(
             "/api/v1",
             instruments::router()
@@ -83,6 +90,7 @@ pub fn router(state: AppState) -> Router {
                 .merge(crate::stream::router()),
         )
         .split_for_parts();
+    schema::with_vwap_intervals(&mut spec, &state.vwap.intervals);
     let api = api.with_state(state);
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", spec))
         .route("/", axum::routing::get(node::dashboard))

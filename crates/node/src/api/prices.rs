@@ -20,6 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::schema::SymbolFmt;
 use crate::ingest::connector::now_ms;
 use crate::ingest::publish::{self, PriceDoc};
 use crate::state::AppState;
@@ -80,7 +81,11 @@ pub struct MarketParam {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BatchParams {
-    /// Comma-separated symbols, at most 500.
+    /// Comma-separated symbols (each as in `/prices/{symbol}`, no spaces), 1 to 500.
+    #[param(
+        pattern = "^[A-Za-z0-9_.-]{2,60}(,[A-Za-z0-9_.-]{2,60}){0,499}$",
+        example = "BTCUSDT,ETHUSDT"
+    )]
     symbols: String,
     /// `spot` (default), `usdm` or `options`: the market of every symbol in the list.
     #[param(pattern = "^(spot|usdm|options)$")]
@@ -192,12 +197,12 @@ pub async fn lookup_one(st: &AppState, key: &InstrumentKey) -> ApiResult<Option<
 
 /// Latest trade of one instrument.
 #[utoipa::path(get, path = "/prices/{symbol}", tag = "prices",
-    params(("symbol" = String, Path, description = "Symbol, any case", example = "BTCUSDT"), MarketParam),
+    params(("symbol" = SymbolFmt, Path, description = "Symbol, any case"), MarketParam),
     responses(
         (status = 200, body = PriceDto),
         (status = 400, description = "Malformed symbol or market", content_type = "application/problem+json"),
         (status = 404, description = "Unknown instrument (`unknown-instrument`) or no trade yet (`no-trade-yet`)", content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable", content_type = "application/problem+json"),
+        (status = 503, description = "Redis or Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn get_price(
     State(st): State<AppState>,
@@ -235,24 +240,20 @@ async fn get_prices(
     Q(q): Q<BatchParams>,
 ) -> ApiResult<Json<PricesDto>> {
     let market = parse_market(q.market.as_deref())?;
+    // Exactly the documented list: no empty entries, no spaces, 1 to MAX_BATCH symbols.
+    if q.symbols.split(',').count() > MAX_BATCH {
+        return Err(ApiError::param(
+            "symbols",
+            format!("symbols must list between 1 and {MAX_BATCH} symbols"),
+        ));
+    }
     let mut keys = Vec::new();
-    for s in q
-        .symbols
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
+    for s in q.symbols.split(',') {
         let sym = Symbol::parse(s).map_err(|e| ApiError::param("symbols", e.to_string()))?;
         let k = InstrumentKey::new(market, &sym);
         if !keys.contains(&k) {
             keys.push(k);
         }
-    }
-    if keys.is_empty() || keys.len() > MAX_BATCH {
-        return Err(ApiError::param(
-            "symbols",
-            format!("symbols must list between 1 and {MAX_BATCH} symbols"),
-        ));
     }
     let found = lookup(&st, &keys).await?;
     let mut items = Vec::new();

@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 
 use super::extract::{Q, SymbolPath, parse_market};
 use super::page_limit;
+use super::schema::SymbolFmt;
 use super::vwap::not_found;
 use crate::state::AppState;
 
@@ -100,12 +101,12 @@ pub struct StatsParams {
 
 /// 24 h statistics and rank of one instrument.
 #[utoipa::path(get, path = "/stats/{symbol}", tag = "stats",
-    params(("symbol" = String, Path, description = "Symbol, any case", example = "BTCUSDT"), StatsParams),
+    params(("symbol" = SymbolFmt, Path, description = "Symbol, any case"), StatsParams),
     responses(
         (status = 200, body = StatsDto),
         (status = 400, description = "Malformed symbol or market", content_type = "application/problem+json"),
         (status = 404, description = "Unknown instrument, or no statistics yet", content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable", content_type = "application/problem+json"),
+        (status = 503, description = "Redis or Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn get_stats(
     State(st): State<AppState>,
@@ -211,10 +212,10 @@ async fn list_stats(
     let limit = page_limit(q.limit)?;
     let offset: i64 = match q.cursor.as_deref() {
         None => 0,
-        Some(c) => c
-            .parse()
-            .ok()
-            .filter(|o| (0..1_000_000_000).contains(o))
+        // Exactly the documented `^[0-9]{1,9}$` (`parse` alone would take a sign).
+        Some(c) => Some(c)
+            .filter(|c| (1..=9).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|c| c.parse().ok())
             .ok_or_else(|| ApiError::param("cursor", "cursor must come from next_cursor"))?,
     };
     let group = format!("{market}:{}", quote.to_ascii_uppercase());

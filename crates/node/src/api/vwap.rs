@@ -26,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{Q, SymbolPath, parse_interval};
+use super::schema::{SymbolFmt, TimeMs, VwapInterval, time_param};
 use crate::ingest::connector::now_ms;
 use crate::live::tap::vwap_doc;
 use crate::state::AppState;
@@ -46,12 +47,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VwapParams {
-    /// One of the configured intervals (default `5m`): `1m`, `5m`, `15m`, `1h`.
-    #[param(example = "5m")]
+    /// One of the configured intervals (default `5m`).
+    #[param(value_type = Option<VwapInterval>)]
     interval: Option<String>,
     /// The VWAP as of this time (ms since the epoch): the window `[at - interval, at)`.
-    /// Omitted: the latest.
-    #[param(minimum = 1262304000000_i64)]
+    /// Omitted: the latest. A time in the future or older than the kept history is a 404.
+    #[param(value_type = Option<TimeMs>)]
     at: Option<i64>,
     /// `spot` (default), `usdm` or `options`.
     #[param(pattern = "^(spot|usdm|options)$")]
@@ -80,31 +81,19 @@ pub(crate) async fn known_id(st: &AppState, key: &InstrumentKey) -> ApiResult<i3
     st.ids.id_of(&st.db, key).await.map_err(ApiError::from)
 }
 
-/// Checks a past time `param` against now and the bucket retention.
-pub(crate) fn check_past(st: &AppState, param: &str, t: i64, now: i64) -> ApiResult<()> {
-    if t > now {
-        return Err(ApiError::param(param, format!("{param} is in the future")));
-    }
-    let oldest = now - i64::from(st.retention.buckets_days) * Span::DAY.ms();
-    if t < oldest.max(EARLIEST_TRADE_MS) {
-        return Err(ApiError::param(
-            param,
-            format!(
-                "{param} is older than the {} days history is kept",
-                st.retention.buckets_days
-            ),
-        ));
-    }
-    Ok(())
+/// The oldest time history is kept for (`retention.buckets_days` before `now`, and never before
+/// the first trade the system accepts).
+pub(crate) fn kept_from(st: &AppState, now: i64) -> i64 {
+    (now - i64::from(st.retention.buckets_days) * Span::DAY.ms()).max(EARLIEST_TRADE_MS)
 }
 
 /// Latest rolling VWAP, or the VWAP as of `at`.
 #[utoipa::path(get, path = "/vwap/{symbol}", tag = "vwap",
-    params(("symbol" = String, Path, description = "Symbol, any case", example = "BTCUSDT"), VwapParams),
+    params(("symbol" = SymbolFmt, Path, description = "Symbol, any case"), VwapParams),
     responses(
         (status = 200, body = VwapDoc),
-        (status = 400, description = "Malformed symbol, interval, time or market", content_type = "application/problem+json"),
-        (status = 404, description = "Unknown instrument (`unknown-instrument`) or no VWAP yet (`no-data-yet`)", content_type = "application/problem+json"),
+        (status = 400, description = "Malformed symbol, interval, time or market (named)", content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instrument (`unknown-instrument`), no VWAP yet (`no-data-yet`), or `at` in the future or older than the kept history (`no-data`)", content_type = "application/problem+json"),
         (status = 503, description = "Redis or Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn get_vwap(
@@ -120,10 +109,24 @@ async fn get_vwap(
         &st.vwap.intervals,
     )?;
     let now = now_ms();
-    match q.at {
+    match time_param("at", q.at)? {
         None => latest(&st, &key, interval).await.map(Json),
         Some(at) => {
-            check_past(&st, "at", at, now)?;
+            if at > now {
+                return Err(ApiError::not_found(
+                    "no-data",
+                    format!("at={at} is in the future: no VWAP as of then yet"),
+                ));
+            }
+            if at < kept_from(&st, now) {
+                return Err(ApiError::not_found(
+                    "no-data",
+                    format!(
+                        "at={at} is older than the {} days history is kept",
+                        st.retention.buckets_days
+                    ),
+                ));
+            }
             let inst = known_id(&st, &key).await?;
             as_of(&st, &key, inst, interval, at).await.map(Json)
         }
@@ -202,13 +205,14 @@ async fn as_of(
 #[serde(deny_unknown_fields)]
 pub struct VwapHistoryParams {
     /// One of the configured intervals (default `5m`).
-    #[param(example = "5m")]
+    #[param(value_type = Option<VwapInterval>)]
     interval: Option<String>,
-    /// Range start, ms (default: 24 h before `to`).
-    #[param(minimum = 1262304000000_i64)]
+    /// Range start, ms (default: 24 h before `to`), moved up to the oldest kept history.
+    #[param(value_type = Option<TimeMs>)]
     from: Option<i64>,
-    /// Range end, ms (default: now).
-    #[param(minimum = 1262304000000_i64)]
+    /// Range end, ms (default and at most: now). A range that ends before it starts holds no
+    /// point.
+    #[param(value_type = Option<TimeMs>)]
     to: Option<i64>,
     /// `spot` (default), `usdm` or `options`.
     #[param(pattern = "^(spot|usdm|options)$")]
@@ -237,15 +241,17 @@ pub struct VwapHistoryDto {
     pub interval: String,
     /// Spacing of the points, ms.
     pub cadence_ms: i64,
+    /// True when the requested range held more than 1500 points: these are its last ones.
+    pub truncated: bool,
     pub points: Vec<VwapPointDto>,
 }
 
 /// Stored VWAP history (one point per cadence), validated points told apart.
 #[utoipa::path(get, path = "/vwap/{symbol}/history", tag = "vwap",
-    params(("symbol" = String, Path, description = "Symbol, any case", example = "BTCUSDT"), VwapHistoryParams),
+    params(("symbol" = SymbolFmt, Path, description = "Symbol, any case"), VwapHistoryParams),
     responses(
         (status = 200, body = VwapHistoryDto),
-        (status = 400, description = "Malformed parameter, or more than 1500 points", content_type = "application/problem+json"),
+        (status = 400, description = "Malformed parameter (named)", content_type = "application/problem+json"),
         (status = 404, description = "Unknown instrument", content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
@@ -261,23 +267,20 @@ async fn get_vwap_history(
         st.vwap.default_interval,
         &st.vwap.intervals,
     )?;
+    let (from_q, to_q) = (time_param("from", q.from)?, time_param("to", q.to)?);
     let now = now_ms();
-    let to = q.to.unwrap_or(now).min(now);
-    let from = q.from.unwrap_or(to - Span::DAY.ms());
-    check_past(&st, "from", from, now)?;
-    if q.to.is_some() {
-        check_past(&st, "to", to, now)?;
-    }
-    if from > to {
-        return Err(ApiError::param("from", "from must not be after to"));
-    }
+    let to = to_q.unwrap_or(now).min(now);
     let cadence = st.vwap.history_cadence;
-    if (to - from) / cadence.ms() > MAX_POINTS {
-        return Err(ApiError::param(
-            "from",
-            format!("the range holds more than {MAX_POINTS} points; narrow it"),
-        ));
-    }
+    let from = from_q
+        .unwrap_or(to - Span::DAY.ms())
+        .max(kept_from(&st, now))
+        .min(to);
+    let earliest = to - MAX_POINTS * cadence.ms();
+    let (from, truncated) = if from < earliest {
+        (earliest, true)
+    } else {
+        (from, false)
+    };
     let inst = known_id(&st, &key).await?;
     let stored = read::vwap_history(&st.db, inst, interval, from, to).await?;
     let mut points: Vec<VwapPointDto> = stored
@@ -322,6 +325,7 @@ async fn get_vwap_history(
         symbol: key.symbol_str().to_string(),
         interval: interval.to_string(),
         cadence_ms: cadence.ms(),
+        truncated,
         points,
     }))
 }

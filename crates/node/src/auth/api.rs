@@ -40,8 +40,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
-    /// The address alert emails go to.
-    #[schema(example = "ada@example.com", max_length = 254)]
+    /// The address alert emails go to (any case; stored in lower case): printable ASCII, one
+    /// `@`, a domain with a dot inside it.
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = r"^[!-?A-~]+@[!-\-/-?A-~][!-?A-~]*\.[!-?A-~]*[!-\-/-?A-~]$"
+    )]
     pub email: String,
     /// 10 to 128 characters.
     #[schema(example = "correct horse battery", min_length = 10, max_length = 128)]
@@ -76,9 +81,10 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
-/// Checks and normalises an email address (lower case).
+/// Checks and normalises an email address (lower case): exactly the `email` pattern of
+/// [`Credentials`], so no surrounding spaces either.
 pub fn normalize_email(e: &str) -> Result<String, ApiError> {
-    let e = e.trim().to_ascii_lowercase();
+    let e = e.to_ascii_lowercase();
     let valid = e.len() <= 254
         && e.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
@@ -131,8 +137,11 @@ async fn verify_password(password: String, hash: String) -> bool {
 #[utoipa::path(post, path = "/auth/register", tag = "accounts", request_body = Credentials,
     responses(
         (status = 201, body = Account),
+        (status = 400, description = "Body is not JSON", content_type = "application/problem+json"),
         (status = 409, description = "Email already registered", content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", content_type = "application/problem+json"),
         (status = 422, description = "Invalid email or password (field named)", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn register(
     State(st): State<AppState>,
@@ -191,9 +200,12 @@ async fn limit(st: &AppState, name: &str, who: &str, limit: u32) -> Result<(), A
 #[utoipa::path(post, path = "/auth/token", tag = "accounts", request_body = Credentials,
     responses(
         (status = 200, body = TokenPair),
+        (status = 400, description = "Body is not JSON", content_type = "application/problem+json"),
         (status = 401, description = "Wrong email or password", content_type = "application/problem+json"),
-        (status = 422, description = "Malformed body", content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", content_type = "application/problem+json"),
+        (status = 422, description = "Malformed body (field named)", content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts (per address or per account)", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn token(
     State(st): State<AppState>,
@@ -264,8 +276,11 @@ fn parse_refresh(s: &str) -> Result<uuid::Uuid, ApiError> {
 #[utoipa::path(post, path = "/auth/refresh", tag = "accounts", request_body = RefreshRequest,
     responses(
         (status = 200, body = TokenPair),
+        (status = 400, description = "Body is not JSON", content_type = "application/problem+json"),
         (status = 401, description = "Unknown, expired, revoked or reused refresh token", content_type = "application/problem+json"),
-        (status = 422, description = "Malformed body", content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", content_type = "application/problem+json"),
+        (status = 422, description = "Malformed body (field named)", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn refresh(
     State(st): State<AppState>,
@@ -291,8 +306,11 @@ async fn refresh(
 #[utoipa::path(post, path = "/auth/logout", tag = "accounts", request_body = RefreshRequest,
     responses(
         (status = 204, description = "Revoked"),
+        (status = 400, description = "Body is not JSON", content_type = "application/problem+json"),
         (status = 401, description = "Unknown refresh token", content_type = "application/problem+json"),
-        (status = 422, description = "Malformed body", content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as application/json", content_type = "application/problem+json"),
+        (status = 422, description = "Malformed body (field named)", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn logout(
     State(st): State<AppState>,

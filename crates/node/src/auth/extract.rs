@@ -76,8 +76,9 @@ impl FromRequestParts<AppState> for AdminUser {
     }
 }
 
-/// `Json<T>` whose rejections name the offending field: a body that is not JSON is a 400, a
-/// JSON body with a missing, unknown or mistyped field a 422.
+/// `Json<T>` whose rejections name the offending field: a body that is not JSON is a 400 (a
+/// missing or other content type a 415), a JSON body with a missing, unknown or mistyped field a
+/// 422.
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
@@ -95,9 +96,8 @@ where
                 let text = e.body_text();
                 Err(ApiError::field(&field_of(&text), text))
             }
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::param(
-                "content-type",
-                "expected `Content-Type: application/json`",
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+                "expected a JSON body with `Content-Type: application/json`".into(),
             )),
             Err(e) => Err(ApiError::param("body", e.body_text())),
         }

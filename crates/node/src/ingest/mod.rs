@@ -384,11 +384,12 @@ async fn flush_loop(
                 // backoff that protects the exchange's connection-attempt limit.
                 let connected = h.connected.load(std::sync::atomic::Ordering::Relaxed);
                 let gap = h.mean_gap_ms.load(std::sync::atomic::Ordering::Relaxed);
-                let value = if connected {
-                    format!("{last},{gap}")
-                } else {
-                    "0".to_string()
-                };
+                let value = pricefeed_store::feed::FeedField {
+                    connected,
+                    last_frame_ms: last,
+                    mean_gap_ms: gap,
+                }
+                .encode();
                 pipe.hset(&feed_key, format!("{}:{}", h.market, h.conn), value)
                     .ignore();
                 any = true;
