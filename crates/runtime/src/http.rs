@@ -50,11 +50,24 @@ pub fn with_common_layers(router: Router, request_timeout: Duration) -> Router {
     with_layers(router, request_timeout, Layers::ALL)
 }
 
-/// [`with_common_layers`] with a choice of layers: innermost the timeout, then [`Observe`]
+/// [`with_common_layers`] with a choice of layers: innermost a panic guard (always), the timeout, then [`Observe`]
 /// (span and RED metrics; outside the timeout, so a request it cuts is counted as a 408), then
 /// the request id (outermost, so the span carries it). axum applies `layer` per route, which is
 /// why [`Observe`] sees the matched route template.
 pub fn with_layers(mut router: Router, request_timeout: Duration, l: Layers) -> Router {
+    // A handler that panics answers a logged 500 problem instead of dropping the connection.
+    router = router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |panic: Box<dyn std::any::Any + Send>| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            axum::response::IntoResponse::into_response(crate::problem::Problem::internal(
+                &format!("handler panicked: {what}"),
+            ))
+        },
+    ));
     if l.timeout {
         router = router.layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -315,6 +328,34 @@ pub fn spawn_server(listener: tokio::net::TcpListener, router: Router, shutdown:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_500_problem_with_a_request_id() {
+        let app = with_common_layers(
+            Router::new().route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("kaboom");
+                    }
+                    "never"
+                }),
+            ),
+            Duration::from_secs(5),
+        );
+        let res = app
+            .oneshot(
+                axum::http::Request::get("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert!(res.headers().contains_key("x-request-id"));
+    }
 
     #[test]
     fn request_ids_are_distinct_and_share_the_process_prefix() {
