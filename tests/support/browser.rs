@@ -311,9 +311,11 @@ impl Browser {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    /// Stops Chromium (every process of its group).
+    /// Stops Chromium (every process of its group) and deletes its profile (a few MB); the log
+    /// stays in the scratch directory.
     pub fn close(mut self) {
         self.group.kill();
+        let _ = std::fs::remove_dir_all(self.dir.join("profile"));
     }
 }
 
