@@ -5,6 +5,7 @@
 
 pub mod candles;
 pub mod cluster;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod ingest;
@@ -93,7 +94,7 @@ pub fn router(state: AppState) -> Router {
     schema::with_vwap_intervals(&mut spec, &state.vwap.intervals);
     let api = api.with_state(state);
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", spec))
-        .route("/", axum::routing::get(node::dashboard))
+        .merge(dashboard::router())
 }
 
 /// Maps a query-string rejection to a 400 problem naming the parameter where axum tells us.

@@ -1,8 +1,7 @@
-//! `GET /api/v1/node` (which node answered) and the dashboard page at `/`.
+//! `GET /api/v1/node`: which node answered (the dashboard at `/` is in [`super::dashboard`]).
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::Html;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -28,9 +27,4 @@ async fn node_info(State(st): State<AppState>) -> Json<NodeInfo> {
         node_id: st.node_id.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
-}
-
-/// The dashboard: a static page that polls the public API.
-pub async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("../../static/dashboard.html"))
 }
