@@ -9,8 +9,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use pricefeed_tests::{
-    Proc, SMALL_CATALOGUE, Sim, TEST_JWT_SECRET, base_env, bin, fresh_database, http_client,
-    migrate, seed_from_catalogue, start_nodes,
+    Proc, Sim, TEST_JWT_SECRET, base_env, bin, fresh_database, http_client, migrate,
+    seed_from_catalogue, start_nodes,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -168,14 +168,7 @@ fn forgeries(
 
 async fn start() -> (Sim, Vec<Proc>, Vec<(String, String)>, Api) {
     let http = http_client(Duration::from_secs(10));
-    let sim = Sim::start(
-        &[
-            &SMALL_CATALOGUE[..],
-            &[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")],
-        ]
-        .concat(),
-    )
-    .await;
+    let sim = Sim::start_small(&[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")]).await;
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
     env.extend([

@@ -18,8 +18,8 @@ use futures_util::StreamExt;
 use pricefeed_store::protocol::Keys;
 use pricefeed_tests::smtp::SmtpSink;
 use pricefeed_tests::{
-    Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client, key_prefix,
-    migrate, seed_from_catalogue, signal, start_nodes, start_schedulers, wait_for, wall_ms,
+    Proc, Sim, base_env, fresh_database, get_json, http_client, key_prefix, migrate,
+    seed_from_catalogue, sign_up, signal, start_nodes, start_schedulers, wait_for, wall_ms,
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -159,18 +159,12 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
     let http = http_client(Duration::from_secs(10));
     // Volatile prices (about 1.4 % per minute on BTC), so thresholds near the price are crossed
     // within the run.
-    let sim = Sim::start(
-        &[
-            &SMALL_CATALOGUE[..],
-            &[
-                ("UNDERLYINGS", "2"),
-                ("HOT_SYMBOLS", "1"),
-                ("VOL_SCALE", "20.0"),
-                ("HISTORY_DEPTH_HOT", "400000"),
-            ],
-        ]
-        .concat(),
-    )
+    let sim = Sim::start_small(&[
+        ("UNDERLYINGS", "2"),
+        ("HOT_SYMBOLS", "1"),
+        ("VOL_SCALE", "20.0"),
+        ("HISTORY_DEPTH_HOT", "400000"),
+    ])
     .await;
     let control = sim.port("control");
     let db = fresh_database().await.unwrap();
@@ -212,26 +206,15 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
     );
 
     // A user, registered and signed in through the node that does not own the instrument.
-    let pw = "correct horse battery";
-    let r = http
-        .post(nodes[other].url("/api/v1/auth/register"))
-        .json(&json!({"email": "trader@example.com", "password": pw}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let tok: Value = http
-        .post(nodes[other].url("/api/v1/auth/token"))
-        .json(&json!({"email": "trader@example.com", "password": pw}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     let user = User {
         http: http.clone(),
-        token: tok["access_token"].as_str().unwrap().to_string(),
+        token: sign_up(
+            &http,
+            &nodes[other],
+            "trader@example.com",
+            "correct horse battery",
+        )
+        .await,
     };
 
     // 1. Created on the non-owner, fired by the owner within seconds, pushed once.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pricefeed_tests::{
-    Proc, SMALL_CATALOGUE, Sim, base_env, bin, fresh_database, http_client, migrate, scratch_dir,
+    Proc, Sim, base_env, bin, fresh_database, http_client, migrate, scratch_dir,
     seed_from_catalogue, start_nodes, start_schedulers, wait_for,
 };
 use serde_json::{Value, json};
@@ -54,14 +54,7 @@ async fn post(http: &reqwest::Client, url: &str, token: Option<&str>, body: Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_in_the_whole_openapi_document() {
     let http = http_client(Duration::from_secs(10));
-    let sim = Sim::start(
-        &[
-            &SMALL_CATALOGUE[..],
-            &[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")],
-        ]
-        .concat(),
-    )
-    .await;
+    let sim = Sim::start_small(&[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")]).await;
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
     env.extend(sim.broker_env());

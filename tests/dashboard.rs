@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use pricefeed_tests::browser::{Browser, Page, js_str};
 use pricefeed_tests::smtp::SmtpSink;
 use pricefeed_tests::{
-    Proc, SMALL_CATALOGUE, Sim, base_env, bin, fresh_database, get_json, http_client, migrate,
-    scratch_dir, seed_from_catalogue, signal, start_nodes, start_schedulers, wait_for,
+    Proc, Sim, base_env, bin, fresh_database, get_json, http_client, migrate, scratch_dir,
+    seed_from_catalogue, signal, start_nodes, start_schedulers, wait_for,
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -106,17 +106,11 @@ async fn dashboard_shows_live_prices_alerts_and_a_failover_in_chromium() {
     let http = http_client(Duration::from_secs(10));
 
     // The cluster: volatile prices so an alert near the price fires soon (as in tests/journey.rs).
-    let sim = Sim::start(
-        &[
-            &SMALL_CATALOGUE[..],
-            &[
-                ("UNDERLYINGS", "2"),
-                ("HOT_SYMBOLS", "1"),
-                ("VOL_SCALE", "20.0"),
-            ],
-        ]
-        .concat(),
-    )
+    let sim = Sim::start_small(&[
+        ("UNDERLYINGS", "2"),
+        ("HOT_SYMBOLS", "1"),
+        ("VOL_SCALE", "20.0"),
+    ])
     .await;
     let control = sim.port("control");
     let db = fresh_database().await.unwrap();

@@ -29,12 +29,22 @@ use std::time::{Duration, Instant};
 
 use pricefeed_tests::pg::PrivatePostgres;
 use pricefeed_tests::{
-    PrivateRedis, Proc, SMALL_CATALOGUE, Sim, base_env, fresh_database, get_json, http_client,
-    key_prefix, migrate, seed_from_catalogue, start_nodes, start_schedulers, wait_for,
+    PrivateRedis, Proc, Sim, base_env, fresh_database, get_json, http_client, key_prefix, migrate,
+    seed_from_catalogue, start_nodes, start_schedulers, wait_for,
 };
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(60);
+
+/// `name` from the environment in seconds, else `default`.
+fn env_secs(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
 
 /// (status, body, ms) of one GET; status 0 when the request failed (e.g. the client's timeout).
 async fn probe(http: &reqwest::Client, url: &str) -> (u16, Value, u128) {
@@ -78,23 +88,11 @@ struct Slowest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_costs_freshness_not_answers() {
-    let outage = Duration::from_secs(
-        std::env::var("PRICEFEED_DRILL_OUTAGE_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(30),
-    );
+    let outage = env_secs("PRICEFEED_DRILL_OUTAGE_SECS", 30);
     let setup_http = http_client(Duration::from_secs(10));
     // The probes' client: an answer slower than this is a failure of the drill.
     let http = http_client(Duration::from_secs(1));
-    let sim = Sim::start(
-        &[
-            &SMALL_CATALOGUE[..],
-            &[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")],
-        ]
-        .concat(),
-    )
-    .await;
+    let sim = Sim::start_small(&[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")]).await;
     let mut redis = PrivateRedis::new();
     redis.start().await;
     let db = fresh_database().await.unwrap();
@@ -240,24 +238,13 @@ async fn redis_outage_costs_freshness_not_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_feed_reconnects_fast_and_loses_nothing() {
-    let flap = Duration::from_secs(
-        std::env::var("PRICEFEED_DRILL_FLAP_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(40),
-    );
+    let flap = env_secs("PRICEFEED_DRILL_FLAP_SECS", 40);
     let http = http_client(Duration::from_secs(5));
-    let sim = Sim::start(
-        &[
-            &SMALL_CATALOGUE[..],
-            &[
-                ("UNDERLYINGS", "2"),
-                ("HOT_SYMBOLS", "2"),
-                ("HOT_RATE_PER_SEC", "500.0"),
-            ],
-        ]
-        .concat(),
-    )
+    let sim = Sim::start_small(&[
+        ("UNDERLYINGS", "2"),
+        ("HOT_SYMBOLS", "2"),
+        ("HOT_RATE_PER_SEC", "500.0"),
+    ])
     .await;
     let control = sim.port("control");
     let db = fresh_database().await.unwrap();
@@ -379,22 +366,10 @@ async fn a_flapping_feed_reconnects_fast_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_buffers_history_and_loses_nothing() {
-    let outage = Duration::from_secs(
-        std::env::var("PRICEFEED_DRILL_OUTAGE_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(30),
-    );
+    let outage = env_secs("PRICEFEED_DRILL_OUTAGE_SECS", 30);
     let setup_http = http_client(Duration::from_secs(10));
     let http = http_client(Duration::from_secs(1));
-    let sim = Sim::start(
-        &[
-            &SMALL_CATALOGUE[..],
-            &[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")],
-        ]
-        .concat(),
-    )
-    .await;
+    let sim = Sim::start_small(&[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")]).await;
     let mut pg = PrivatePostgres::start();
     let mut env = base_env(&pg.url());
     env.extend(sim.broker_env());

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use pricefeed_tests::smtp::SmtpSink;
 use pricefeed_tests::{
-    Proc, SMALL_CATALOGUE, Sim, base_env, bin, fresh_database, get_json, http_client, migrate,
-    seed_from_catalogue, start_nodes, start_schedulers, wait_for, wall_ms,
+    Proc, Sim, base_env, bin, fresh_database, get_json, http_client, migrate, seed_from_catalogue,
+    sign_up, start_nodes, start_schedulers, wait_for, wall_ms,
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -76,17 +76,11 @@ async fn owner(http: &reqwest::Client, nodes: &[Proc]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crossing_reaches_the_users_websocket_then_one_email_at_the_smtp_sink() {
     let http = http_client(Duration::from_secs(10));
-    let sim = Sim::start(
-        &[
-            &SMALL_CATALOGUE[..],
-            &[
-                ("UNDERLYINGS", "2"),
-                ("HOT_SYMBOLS", "1"),
-                ("VOL_SCALE", "20.0"),
-            ],
-        ]
-        .concat(),
-    )
+    let sim = Sim::start_small(&[
+        ("UNDERLYINGS", "2"),
+        ("HOT_SYMBOLS", "1"),
+        ("VOL_SCALE", "20.0"),
+    ])
     .await;
     let control = sim.port("control");
     let db = fresh_database().await.unwrap();
@@ -108,24 +102,7 @@ async fn a_crossing_reaches_the_users_websocket_then_one_email_at_the_smtp_sink(
     println!("BTCUSDT is owned by {own}; the user talks to {}", node.name);
 
     // Register and sign in.
-    let pw = "correct horse battery staple";
-    let r = http
-        .post(node.url("/api/v1/auth/register"))
-        .json(&json!({"email": EMAIL, "password": pw}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let tok: Value = http
-        .post(node.url("/api/v1/auth/token"))
-        .json(&json!({"email": EMAIL, "password": pw}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let access = tok["access_token"].as_str().unwrap().to_string();
+    let access = sign_up(&http, node, EMAIL, "correct horse battery staple").await;
 
     // The user's WebSocket, on the node that does not own the instrument.
     let url = node.url("/api/v1/stream").replace("http://", "ws://");

@@ -174,6 +174,31 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// Registers `email` with `password` through `node` and signs in; returns the access token.
+pub async fn sign_up(http: &reqwest::Client, node: &Proc, email: &str, password: &str) -> String {
+    let creds = serde_json::json!({"email": email, "password": password});
+    let r = http
+        .post(node.url("/api/v1/auth/register"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "register: {}", r.text().await.unwrap());
+    let tok: Value = http
+        .post(node.url("/api/v1/auth/token"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    tok["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_string()
+}
+
 /// Environment that points a binary at the test dependencies, with its own Redis key prefix.
 pub fn base_env(database_url: &str) -> Vec<(String, String)> {
     vec![
@@ -539,6 +564,11 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// [`Sim::start`] with [`SMALL_CATALOGUE`] plus `extra` (e.g. `UNDERLYINGS`, `HOT_SYMBOLS`).
+    pub async fn start_small(extra: &[(&str, &str)]) -> Sim {
+        Sim::start(&[&SMALL_CATALOGUE[..], extra].concat()).await
+    }
+
     /// Starts the simulator on OS-chosen ports with the repository's default config and
     /// `overrides` as `PRICEFEED__SIM__<KEY>=<value>` (e.g. `("UNDERLYINGS", "3")`), and waits
     /// (30 s at most) until it has written its ports file; panics with its log otherwise.
