@@ -1,7 +1,8 @@
 //! The worker role: claims due jobs from Postgres ([`pricefeed_store::jobs`]) and runs them
 //! with their [`JobHandler`], any number of worker replicas side by side.
 //!
-//! Up to `worker.concurrency` jobs run at once. Each runs with its lease renewed every third of
+//! Each job kind has its own claim loop with up to `worker.concurrency` jobs at once, so a
+//! backlog of reconciliation never holds an alert email back. Each job runs with its lease renewed every third of
 //! `worker.lease_ms`; a renewal that fails (the lease expired, another worker took the job)
 //! cancels the handler, whose committing writes are fenced anyway. When nothing is due the
 //! runner polls every `worker.poll_ms`. On shutdown, running jobs are cancelled and their
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub struct WorkerSection {
     /// Ops listener (`/livez`, `/readyz`, `/metrics`).
     pub http: HttpConfig,
-    /// Jobs run at once by one worker.
+    /// Jobs of each kind run at once by one worker.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// How often an idle worker looks for due jobs.
@@ -119,9 +120,20 @@ impl std::fmt::Debug for Runner {
 }
 
 impl Runner {
-    /// Runs until `token` is cancelled.
+    /// Runs until `token` is cancelled: one claim loop (lane) per job kind, each with
+    /// `concurrency` slots of its own, so a backlog of one kind (reconciliation after a long
+    /// stop: a thousand jobs due at once) never delays another (an alert email).
     pub async fn run(self, token: CancellationToken) {
-        let kinds: Vec<&str> = self.handlers.iter().map(|h| h.kind()).collect();
+        let this = Arc::new(self);
+        let lanes = this
+            .handlers
+            .iter()
+            .map(|h| this.clone().lane(h.clone(), token.clone()));
+        futures_util::future::join_all(lanes).await;
+    }
+
+    async fn lane(self: Arc<Self>, handler: Arc<dyn JobHandler>, token: CancellationToken) {
+        let kinds = [handler.kind()];
         let mut running: JoinSet<()> = JoinSet::new();
         let mut failing = false;
         loop {
@@ -131,14 +143,14 @@ impl Runner {
                 match self.jobs.claim(&kinds, room as i64, self.lease).await {
                     Ok(c) => {
                         if failing {
-                            tracing::info!("job claims recovered");
+                            tracing::info!(kind = kinds[0], "job claims recovered");
                             failing = false;
                         }
                         claimed = c;
                     }
                     Err(e) => {
                         if !failing {
-                            tracing::warn!(error = %e, "claiming jobs failed; retrying");
+                            tracing::warn!(kind = kinds[0], error = %e, "claiming jobs failed; retrying");
                             failing = true;
                         }
                     }
@@ -146,11 +158,8 @@ impl Runner {
             }
             let got = !claimed.is_empty();
             for job in claimed {
-                let Some(h) = self.handlers.iter().find(|h| h.kind() == job.kind).cloned() else {
-                    continue;
-                };
                 running.spawn(run_one(
-                    h,
+                    handler.clone(),
                     self.jobs.clone(),
                     job,
                     self.lease,
@@ -213,4 +222,87 @@ async fn run_one(
     }
     metrics::histogram!("pricefeed_job_seconds", "kind" => kind)
         .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::PgPool;
+    use tokio::sync::Notify;
+
+    /// Holds its slot until cancelled, like a reconciliation job waiting on the REST budget.
+    struct Slow;
+    impl JobHandler for Slow {
+        fn kind(&self) -> &'static str {
+            "slow"
+        }
+        fn run(
+            &self,
+            _: Claimed,
+            _: Jobs,
+            token: CancellationToken,
+        ) -> BoxFuture<'static, JobOutcome> {
+            Box::pin(async move {
+                token.cancelled().await;
+                JobOutcome::Reschedule(Duration::from_secs(60))
+            })
+        }
+    }
+
+    struct Fast(Arc<Notify>);
+    impl JobHandler for Fast {
+        fn kind(&self) -> &'static str {
+            "fast"
+        }
+        fn run(&self, _: Claimed, _: Jobs, _: CancellationToken) -> BoxFuture<'static, JobOutcome> {
+            let done = self.0.clone();
+            Box::pin(async move {
+                done.notify_one();
+                JobOutcome::Done
+            })
+        }
+    }
+
+    #[sqlx::test(migrator = "pricefeed_store::pg::MIGRATOR")]
+    async fn a_backlog_of_one_kind_never_holds_another_back(pool: PgPool) {
+        let jobs = Jobs::new(pool.clone(), "worker-test");
+        for i in 0..10 {
+            jobs.ensure("slow", &i.to_string(), &serde_json::json!({}))
+                .await
+                .unwrap();
+        }
+        let done = Arc::new(Notify::new());
+        let runner = Runner {
+            jobs: jobs.clone(),
+            handlers: vec![Arc::new(Slow), Arc::new(Fast(done.clone()))],
+            concurrency: 2,
+            poll: Duration::from_millis(20),
+            lease: Duration::from_secs(30),
+        };
+        let token = CancellationToken::new();
+        let task = tokio::spawn(runner.run(token.clone()));
+        // Every slot the slow kind may take is taken before the fast job exists.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let leased: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE kind = 'slow' AND lease_owner IS NOT NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if leased == 2 {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "slow jobs never claimed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        jobs.ensure("fast", "1", &serde_json::json!({}))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), done.notified())
+            .await
+            .expect("the fast job ran although the slow kind filled its slots");
+        token.cancel();
+        task.await.unwrap();
+    }
 }
