@@ -1,7 +1,7 @@
 //! Baseline for the latest-price benchmark: a bare axum handler that returns a price document
 //! from an in-process map, with none of the node's middleware, Redis or routing. The node's
 //! `GET /api/v1/prices/{symbol}` is measured against it in the same run
-//! (`scripts/bench-prices.sh`), so the ratio says what the real stack costs.
+//! (`pricefeed-bench prices`), so the ratio says what the real stack costs.
 //!
 //! Usage: `bare-price-server ADDR BODY_JSON` — serves BODY_JSON at `/api/v1/prices/{symbol}` for
 //! the symbol found in it.
