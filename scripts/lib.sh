@@ -37,7 +37,8 @@ pg_bindir() {
 }
 
 # Installs what the cluster and tests need when missing: Postgres, Redis, Node.js (mail sink),
-# Python venv support, curl, and (tests only, PF_NEED_BROWSER=1) Chromium for the page test.
+# Python venv support, curl, and for the tests (PF_NEED_BROWSER=1) Chromium for the page test and
+# Prometheus for the dashboard-query test.
 ensure_system_deps() {
   local pkgs=()
   pg_bindir >/dev/null || pkgs+=(postgresql)
@@ -48,6 +49,7 @@ ensure_system_deps() {
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
   if [ "${PF_NEED_BROWSER:-}" = 1 ] && [ ! -x "${PRICEFEED_CHROMIUM:-/usr/bin/chromium}" ]; then pkgs+=(chromium); fi
+  if [ "${PF_NEED_BROWSER:-}" = 1 ] && [ ! -x "${PRICEFEED_PROMETHEUS:-/usr/bin/prometheus}" ]; then pkgs+=(prometheus); fi
   if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
   pg_bindir >/dev/null || die "Postgres server binaries not found after install (looked in /usr/lib/postgresql/*/bin)"
   command -v redis-server >/dev/null 2>&1 || die "redis-server not found after install"

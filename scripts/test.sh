@@ -17,6 +17,7 @@ step() { say "[$((SECONDS - t0))s] $*"; }
 step "checking system dependencies"
 PF_NEED_BROWSER=1 ensure_system_deps
 export PRICEFEED_CHROMIUM="${PRICEFEED_CHROMIUM:-/usr/bin/chromium}"
+export PRICEFEED_PROMETHEUS="${PRICEFEED_PROMETHEUS:-/usr/bin/prometheus}"
 ensure_venv
 
 step "cargo fmt --check"
