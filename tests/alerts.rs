@@ -276,11 +276,19 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
     assert_eq!(by, first_owner, "fired by the owner");
 
     // 2. A ladder of one-shot crossing alerts around the price, and a re-arming one.
-    let p = dec(
-        &get_json(&http, &nodes[other].url("/api/v1/prices/BTCUSDT"))
-            .await
-            .unwrap()["price"],
-    );
+    // The owner may still hold the price back from Redis for a moment (while the firing above
+    // commits, or while a new instrument's alerts load): wait for it on the other node.
+    let url = nodes[other].url("/api/v1/prices/BTCUSDT");
+    let until = Instant::now() + READY;
+    let p = loop {
+        if let Ok(v) = get_json(&http, &url).await
+            && v["price"].is_string()
+        {
+            break dec(&v["price"]);
+        }
+        assert!(Instant::now() < until, "no BTCUSDT price on the other node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut ladder: Vec<(i64, bool, Decimal, i64)> = Vec::new(); // (id, up, threshold, created ms)
     for i in 1..=8 {
         let step = Decimal::new(8 * i, 4); // 0.08 % steps
