@@ -65,15 +65,23 @@ fn price_path(key: &str) -> String {
     format!("/api/v1/prices/{sym}?market={market}")
 }
 
-/// Accepted trades of `key` on `node` (0 when it does not ingest it or does not answer).
-async fn accepted(http: &reqwest::Client, node: &Proc, key: &str) -> u64 {
+/// `key`'s entry of `node`'s `/api/v1/cluster/ingest` (its accepted count and id range), or
+/// `Null` when the node does not ingest it or does not answer.
+async fn ingest_of(http: &reqwest::Client, node: &Proc, key: &str) -> Value {
     let Ok(v) = get_json(http, &node.url("/api/v1/cluster/ingest")).await else {
-        return 0;
+        return Value::Null;
     };
     v["instruments"]
         .as_array()
         .and_then(|l| l.iter().find(|i| i["key"] == key))
-        .and_then(|i| i["accepted"].as_u64())
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Accepted trades of `key` on `node` (0 when it does not ingest it or does not answer).
+async fn accepted(http: &reqwest::Client, node: &Proc, key: &str) -> u64 {
+    ingest_of(http, node, key).await["accepted"]
+        .as_u64()
         .unwrap_or(0)
 }
 
@@ -330,17 +338,9 @@ async fn a_flapping_feed_reconnects_fast_and_loses_nothing() {
     // Nothing lost: every hot instrument's accepted trades fill its id range.
     let until = Instant::now() + READY;
     loop {
-        let v = get_json(&http, &node.url("/api/v1/cluster/ingest"))
-            .await
-            .unwrap();
         let mut problems = Vec::new();
         for k in &hot {
-            let i = v["instruments"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|i| i["key"] == k.as_str())
-                .unwrap();
+            let i = ingest_of(&http, &node, k).await;
             let (first, last) = (
                 i["first_id"].as_u64().unwrap(),
                 i["last_id"].as_u64().unwrap(),
@@ -410,18 +410,9 @@ async fn postgres_outage_buffers_history_and_loses_nothing() {
     })
     .await;
     assert!(res.is_ok(), "reconciliation never ran");
-    let first_id = {
-        let v = get_json(&setup_http, &node.url("/api/v1/cluster/ingest"))
-            .await
-            .unwrap();
-        v["instruments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["key"] == key)
-            .and_then(|i| i["first_id"].as_u64())
-            .unwrap()
-    };
+    let first_id = ingest_of(&setup_http, &node, key).await["first_id"]
+        .as_u64()
+        .expect("BTCUSDT ingested");
     pool.close().await;
 
     pg.stop();
@@ -452,7 +443,9 @@ async fn postgres_outage_buffers_history_and_loses_nothing() {
         &[],
     )
     .await;
-    let last_id = accepted_last_id(&setup_http, &node, key).await;
+    let last_id = ingest_of(&setup_http, &node, key).await["last_id"]
+        .as_u64()
+        .expect("BTCUSDT ingested");
     println!(
         "Postgres down {outage:?}: slowest /livez {} ms, /readyz {} ms, price {} ms; oldest \
          BTCUSDT price served {oldest} ms; {spilled} rows spilled meanwhile",
@@ -514,18 +507,4 @@ async fn postgres_outage_buffers_history_and_loses_nothing() {
         oldest < 5_000,
         "the price went {oldest} ms stale without Postgres"
     );
-}
-
-/// The last trade id `node` accepted for `key`.
-async fn accepted_last_id(http: &reqwest::Client, node: &Proc, key: &str) -> u64 {
-    let v = get_json(http, &node.url("/api/v1/cluster/ingest"))
-        .await
-        .unwrap();
-    v["instruments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["key"] == key)
-        .and_then(|i| i["last_id"].as_u64())
-        .unwrap()
 }
