@@ -17,6 +17,13 @@
 //! faults stop every hot instrument's accepted trades are exactly its id range, nothing
 //! missing.
 //!
+//! **Redis Sentinel failover**: nodes, scheduler and worker find Redis through three sentinels;
+//! the primary is SIGKILLed under load. Throughout, every node answers every price (200, never a
+//! 404 or 503) and `/livez`; after the promotion every node follows the new primary (ready,
+//! registered, every key fresh), also once the old primary returns as a replica, and the hot
+//! instrument's history has every id from before the kill to after. Prints the promotion and
+//! recovery times.
+//!
 //! **Postgres outage**: a Postgres of the drill's own is stopped (`-m immediate`) for
 //! `PRICEFEED_DRILL_OUTAGE_SECS` (30) under a node, a scheduler and a worker. Throughout, the
 //! node keeps ingesting and serving fresh prices, `/livez` answers 200 and `/readyz` 503 naming
@@ -28,6 +35,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use pricefeed_tests::pg::PrivatePostgres;
+use pricefeed_tests::sentinel::{self, RedisHa};
 use pricefeed_tests::{
     PrivateRedis, Proc, Sim, base_env, fresh_database, get_json, http_client, key_prefix, migrate,
     seed_from_catalogue, start_nodes, start_schedulers, wait_for,
@@ -506,5 +514,237 @@ async fn postgres_outage_buffers_history_and_loses_nothing() {
     assert!(
         oldest < 5_000,
         "the price went {oldest} ms stale without Postgres"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_sentinel_failover_is_followed_and_loses_nothing() {
+    let setup_http = http_client(Duration::from_secs(10));
+    let http = http_client(Duration::from_secs(1));
+    let sim = Sim::start_small(&[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")]).await;
+    let mut ha = RedisHa::start().await;
+    let db = fresh_database().await.unwrap();
+    let mut env = base_env(&db);
+    env.extend(sim.broker_env());
+    // In Sentinel mode the URL's host is not used: the sentinels name the primary.
+    env.push((
+        "PRICEFEED__REDIS__URL".into(),
+        "redis://named-by-sentinel:6379/0".into(),
+    ));
+    env.push((
+        "PRICEFEED__REDIS__SENTINEL__MASTER_NAME".into(),
+        sentinel::MASTER_NAME.into(),
+    ));
+    env.push((
+        "PRICEFEED__REDIS__SENTINEL__NODES".into(),
+        ha.sentinel_nodes(),
+    ));
+    migrate(&env, READY).await;
+    let all = seed_from_catalogue(&setup_http, &sim, &db).await;
+    let keys: BTreeSet<String> = all
+        .into_iter()
+        .filter(|k| k.starts_with("spot:") || k.starts_with("usdm:"))
+        .filter(|k| !k.contains('_'))
+        .collect();
+    let _sched = start_schedulers(&["sched"], &env).await;
+    let worker = Proc::start_ready(
+        "worker",
+        &pricefeed_tests::bin("pricefeed-scheduler"),
+        &["worker"],
+        &env,
+    )
+    .await
+    .unwrap();
+    let nodes = start_nodes(&["n1", "n2", "n3"], &env).await;
+    let fresh_everywhere = || async {
+        for n in &nodes {
+            if probe(&http, &n.url("/readyz")).await.0 != 200 {
+                return false;
+            }
+            let Ok(c) = get_json(&http, &n.url("/api/v1/cluster")).await else {
+                return false;
+            };
+            if c["nodes"].as_array().map_or(0, Vec::len) != 3 {
+                return false;
+            }
+            for k in &keys {
+                let (code, body, _) = probe(&http, &n.url(&price_path(k))).await;
+                if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    assert!(
+        wait_for(READY, fresh_everywhere).await.is_ok(),
+        "the cluster never served every key fresh through Sentinel"
+    );
+    let key = "spot:BTCUSDT";
+    let mut first_id = None;
+    for n in &nodes {
+        first_id = first_id.or(ingest_of(&setup_http, n, key).await["first_id"].as_u64());
+    }
+    let first_id = first_id.expect("BTCUSDT has an owner");
+
+    // Kill the primary under load; probe every node and key until the cluster follows the
+    // promoted replica: every node's heartbeat and the owner's BTCUSDT price written to it
+    // after the kill, and every key fresh on every node.
+    let keys_of = pricefeed_store::protocol::Keys::new(&key_prefix(&env));
+    let old = ha.kill_primary().await;
+    let killed_at = Instant::now();
+    let kill_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let promoted_seen = std::cell::Cell::new(false);
+    let followed = || async {
+        let Some(p) = ha.primary().await.filter(|p| *p != old) else {
+            return false;
+        };
+        let Ok(mut r) = redis::Client::open(format!("redis://127.0.0.1:{p}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+        else {
+            return false;
+        };
+        let beats: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(keys_of.heartbeats())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut r)
+            .await
+            .unwrap_or_default();
+        let price: Option<String> = redis::cmd("HGET")
+            .arg(keys_of.prices())
+            .arg(key)
+            .query_async(&mut r)
+            .await
+            .unwrap_or(None);
+        let price_ts = price
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["ts"].as_i64())
+            .unwrap_or(0);
+        beats.iter().filter(|(_, at)| *at > kill_ms).count() == 3 && price_ts > kill_ms
+    };
+    let probing = async {
+        let mut slow = Slowest::default();
+        loop {
+            for n in &nodes {
+                let (code, _, ms) = probe(&http, &n.url("/livez")).await;
+                assert_eq!(code, 200, "{} /livez during the failover", n.name);
+                slow.livez = slow.livez.max(ms);
+                let (_, _, ms) = probe(&http, &n.url("/readyz")).await;
+                slow.readyz = slow.readyz.max(ms);
+                for k in &keys {
+                    let (code, body, ms) = probe(&http, &n.url(&price_path(k))).await;
+                    assert_eq!(code, 200, "{} {k} during the failover: {body}", n.name);
+                    slow.price = slow.price.max(ms);
+                }
+                slow.probes += 1;
+            }
+            if promoted_seen.get() && followed().await && fresh_everywhere().await {
+                return (killed_at.elapsed(), slow);
+            }
+            assert!(
+                killed_at.elapsed() < READY,
+                "not recovered within {READY:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let promoting = async {
+        let d = ha.wait_promoted(old, Duration::from_secs(30)).await;
+        promoted_seen.set(true);
+        d
+    };
+    let (promoted, (recovered, slow)) = tokio::join!(promoting, probing);
+    println!(
+        "primary :{old} SIGKILLed: sentinels promoted the replica after {} ms; {} ms after the \
+         kill all 3 nodes heartbeat to it, the owner's BTCUSDT price reached it and every key \
+         was fresh on every node; {} probe rounds, slowest /livez {} ms, /readyz {} ms, price \
+         {} ms; never a 404 or 503 for a price",
+        promoted.as_millis(),
+        recovered.as_millis(),
+        slow.probes,
+        slow.livez,
+        slow.readyz,
+        slow.price
+    );
+
+    // The old primary comes back as a replica; nobody is confused by it.
+    ha.restart_as_replica(old).await;
+    let mut r = redis::Client::open(format!("redis://127.0.0.1:{old}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let synced = wait_for(Duration::from_secs(30), || {
+        let mut r = r.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut r)
+                .await
+                .unwrap_or_default();
+            info.contains("role:slave") && info.contains("master_link_status:up")
+        }
+    })
+    .await;
+    assert!(
+        synced.is_ok(),
+        "the old primary did not rejoin as a replica"
+    );
+    let _: () = redis::cmd("PING").query_async(&mut r).await.unwrap();
+    assert!(
+        wait_for(READY, fresh_everywhere).await.is_ok(),
+        "the cluster lost its way when the old primary returned as a replica"
+    );
+
+    // Nothing lost: every BTCUSDT id from before the kill to now is in Postgres once, and the
+    // worker (reconciliation through the same Redis) is still ready.
+    let mut last_id = 0;
+    for n in &nodes {
+        last_id = last_id.max(
+            ingest_of(&setup_http, n, key).await["last_id"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+    }
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let inst: i32 = sqlx::query_scalar(
+        "SELECT id FROM instruments WHERE market = 'spot' AND symbol = 'BTCUSDT'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(DISTINCT trade_id) FROM trades WHERE instrument_id = $1 \
+             AND trade_id BETWEEN $2 AND $3",
+        )
+        .bind(inst)
+        .bind(first_id as i64)
+        .bind(last_id as i64)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let complete = wait_for(READY, || async {
+        count().await as u64 == last_id - first_id + 1
+    })
+    .await;
+    println!(
+        "BTCUSDT ids {first_id}..={last_id}: {} stored of {}",
+        count().await,
+        last_id - first_id + 1
+    );
+    assert!(complete.is_ok(), "history has holes after the failover");
+    assert_eq!(
+        probe(&http, &worker.url("/readyz")).await.0,
+        200,
+        "worker ready"
     );
 }

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 pub mod browser;
 pub mod pg;
+pub mod sentinel;
 pub mod smtp;
 
 /// Directory holding the built binaries.

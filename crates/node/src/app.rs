@@ -40,7 +40,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         .map_or(0, |d| d.as_millis() as i64);
     let slices = Membership {
         redis: redis.clone(),
-        redis_url: cfg.redis.url.expose().to_string(),
+        redis_endpoint: redis.endpoint().clone(),
         prefix: cfg.redis.key_prefix.clone(),
         record: NodeRecord {
             node_id: node_id.clone(),
@@ -63,7 +63,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
             feed: cfg.node.feed.clone(),
             broker: cfg.broker.clone(),
             redis: redis.clone(),
-            redis_url: cfg.redis.url.expose().to_string(),
+            redis_endpoint: redis.endpoint().clone(),
             prefix: cfg.redis.key_prefix.clone(),
         },
         slices.clone(),
@@ -92,7 +92,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
             node_id: node_id.clone(),
             db: db.clone(),
             redis: redis.clone(),
-            redis_url: cfg.redis.url.expose().to_string(),
+            redis_endpoint: redis.endpoint().clone(),
             keys: keys.clone(),
             ids: ids.clone(),
             cfg: cfg.alerts.clone(),
@@ -104,7 +104,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         crate::live::LiveDeps {
             db: db.clone(),
             redis: redis.clone(),
-            redis_url: cfg.redis.url.expose().to_string(),
+            redis_endpoint: redis.endpoint().clone(),
             keys: keys.clone(),
             ids: ids.clone(),
             vwap: cfg.vwap.clone(),
@@ -119,14 +119,14 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     let tracker = shutdown.tracker();
     tracker.spawn(crate::live_cache::run(
         prices.clone(),
-        cfg.redis.url.expose().to_string(),
+        redis.endpoint().clone(),
         keys.price_ticks(),
         "price ticks",
         shutdown.token(),
     ));
     tracker.spawn(crate::live_cache::run(
         vwaps.clone(),
-        cfg.redis.url.expose().to_string(),
+        redis.endpoint().clone(),
         keys.vwap_ticks(),
         "vwap ticks",
         shutdown.token(),
@@ -136,7 +136,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         cfg.node.stream.clone(),
         &prices,
         &vwaps,
-        cfg.redis.url.expose().to_string(),
+        redis.endpoint().clone(),
         keys.alert_events(),
         shutdown,
     );

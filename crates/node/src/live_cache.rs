@@ -304,14 +304,14 @@ fn upsert<D: CachedDoc>(map: &mut HashMap<String, D>, field: String, doc: D) -> 
 /// (clearing the cache) after a lost subscription.
 pub async fn run<D: CachedDoc>(
     cache: std::sync::Arc<LiveCache<D>>,
-    redis_url: String,
+    redis_endpoint: pricefeed_store::redis_conn::RedisEndpoint,
     channel: String,
     what: &'static str,
     token: CancellationToken,
 ) {
     let mut listener = Feed(cache, what);
     crate::pubsub::listen(
-        &redis_url,
+        &redis_endpoint,
         &channel,
         what,
         Duration::from_secs(1),

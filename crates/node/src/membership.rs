@@ -16,8 +16,8 @@ use pricefeed_domain::assignment::NodeId;
 use pricefeed_domain::instrument::InstrumentKey;
 use pricefeed_runtime::shutdown::Shutdown;
 use pricefeed_store::assignment::{self as published, Published};
+use pricefeed_store::redis_conn::RedisConn;
 use pricefeed_store::registry::{NodeRecord, Registry};
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 /// What this node knows about the assignment.
@@ -38,9 +38,9 @@ impl SliceView {
 /// Settings of the two tasks.
 #[derive(Debug, Clone)]
 pub struct Membership {
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// For the dedicated pub/sub connection (the multiplexed manager would need RESP3).
-    pub redis_url: String,
+    pub redis_endpoint: pricefeed_store::redis_conn::RedisEndpoint,
     pub prefix: String,
     pub record: NodeRecord,
     pub heartbeat: Duration,
@@ -138,7 +138,7 @@ impl Membership {
 
     async fn subscribe(&self) -> Option<redis::aio::PubSubStream> {
         let channel = published::changed_channel(&self.prefix);
-        match crate::pubsub::subscribe(&self.redis_url, &channel).await {
+        match crate::pubsub::subscribe(&self.redis_endpoint, &channel).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to assignment changes; polling only");

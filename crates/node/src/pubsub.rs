@@ -11,19 +11,23 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use pricefeed_store::redis_conn::RedisEndpoint;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio_util::sync::CancellationToken;
 
 /// A fresh subscription to `channel` on its own connection (RESP2 pub/sub connection).
-pub async fn subscribe(redis_url: &str, channel: &str) -> redis::RedisResult<PubSubStream> {
-    Ok(subscribe_split(redis_url, channel).await?.1)
+pub async fn subscribe(
+    redis_endpoint: &RedisEndpoint,
+    channel: &str,
+) -> redis::RedisResult<PubSubStream> {
+    Ok(subscribe_split(redis_endpoint, channel).await?.1)
 }
 
 async fn subscribe_split(
-    redis_url: &str,
+    redis_endpoint: &RedisEndpoint,
     channel: &str,
 ) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
-    let client = redis::Client::open(redis_url)?;
+    let client = redis_endpoint.client().await?;
     let mut ps = client.get_async_pubsub().await?;
     ps.subscribe(channel).await?;
     Ok(ps.split())
@@ -64,7 +68,7 @@ pub trait Listener {
 /// ([`Keepalive`]). `what` names the channel in logs; failures are logged once per outage, not
 /// once per attempt.
 pub async fn listen(
-    redis_url: &str,
+    redis_endpoint: &RedisEndpoint,
     channel: &str,
     what: &'static str,
     retry: Duration,
@@ -76,7 +80,7 @@ pub async fn listen(
     loop {
         let subscribed = tokio::select! {
             () = token.cancelled() => return,
-            r = tokio::time::timeout(keepalive.timeout, subscribe_split(redis_url, channel)) => {
+            r = tokio::time::timeout(keepalive.timeout, subscribe_split(redis_endpoint, channel)) => {
                 r.unwrap_or_else(|_| Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "subscribe timed out",
@@ -256,7 +260,7 @@ mod tests {
                 .unwrap()
         };
         let (proxy, frozen) = freezable_proxy(target).await;
-        let proxied = format!("redis://{proxy}");
+        let proxied = RedisEndpoint::from_url(&format!("redis://{proxy}")).unwrap();
         let channel = format!(
             "pubsub-test:{}",
             std::time::SystemTime::now()

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use pricefeed_store::redis_conn::RedisConn;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -13,7 +13,7 @@ use crate::membership::SliceView;
 pub struct AppState {
     pub db: PgPool,
     pub node_id: std::sync::Arc<str>,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// `redis.key_prefix`, for the registry and assignment keys.
     pub key_prefix: std::sync::Arc<str>,
     /// This node's view of the published assignment, kept current by [`crate::membership`].

@@ -67,7 +67,7 @@ struct Env {
     http: reqwest::Client,
     node: String,
     control: String,
-    redis: redis::aio::ConnectionManager,
+    redis: pricefeed_store::redis_conn::RedisConn,
     prefix: String,
     db: sqlx::PgPool,
     _shutdown: Shutdown,
@@ -184,8 +184,9 @@ async fn setup_with(
             .await
             .unwrap();
     }
-    let client = redis::Client::open(cfg.redis.url.expose()).unwrap();
-    let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let mut redis = pricefeed_store::redis_conn::connect(&cfg.redis)
+        .await
+        .unwrap();
     let doc = Published {
         epoch: 1,
         term: 1,

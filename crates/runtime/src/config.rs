@@ -235,6 +235,69 @@ pub struct RedisConfig {
     /// Prefix of every key and channel, so several clusters can share one Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// Highly available Redis: find the primary through Redis Sentinel instead of connecting to
+    /// `url`'s host. `url` still gives the scheme, password and database.
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `[redis.sentinel]`: where the sentinels are and which primary to ask them for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    pub master_name: String,
+    /// Sentinel addresses as `host:port`, a list or one comma-separated string (handy in an
+    /// environment variable). Asked in order until one names a primary that confirms its role.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub nodes: Vec<String>,
+}
+
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+impl SentinelConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.master_name.trim().is_empty() {
+            return Err(ConfigError::key(
+                "redis.sentinel.master_name",
+                "must not be empty",
+            ));
+        }
+        if self.nodes.is_empty() {
+            return Err(ConfigError::key(
+                "redis.sentinel.nodes",
+                "must name at least one sentinel as host:port",
+            ));
+        }
+        for n in &self.nodes {
+            let ok = n
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(ConfigError::key(
+                    "redis.sentinel.nodes",
+                    format!("`{n}` is not host:port"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_key_prefix() -> String {
@@ -258,6 +321,15 @@ impl Validate for RedisConfig {
                 "redis.key_prefix",
                 "must be non-empty without whitespace",
             ));
+        }
+        if let Some(s) = &self.sentinel {
+            if url.starts_with("unix://") {
+                return Err(ConfigError::key(
+                    "redis.url",
+                    "must be redis:// or rediss:// when redis.sentinel is set",
+                ));
+            }
+            s.validate()?;
         }
         Ok(())
     }
@@ -510,6 +582,43 @@ mod tests {
             jail.set_env("PRICEFEED__REDIS__URL", "http://nope");
             let err = load::<Demo>(&src).unwrap_err().to_string();
             assert!(err.starts_with("config key `redis.url`"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sentinel_settings_come_from_env_as_a_list_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", BASE)?;
+            let src = Sources {
+                file: Some("c.toml".into()),
+                env_file: None,
+            };
+            let ok: Demo = load(&src).unwrap();
+            assert!(ok.redis.sentinel.is_none());
+
+            jail.set_env("PRICEFEED__REDIS__SENTINEL__MASTER_NAME", "pricefeed");
+            jail.set_env(
+                "PRICEFEED__REDIS__SENTINEL__NODES",
+                "10.0.0.1:26379, sentinel-2:26380",
+            );
+            let ok: Demo = load(&src).unwrap();
+            let s = ok.redis.sentinel.expect("sentinel section");
+            assert_eq!(s.master_name, "pricefeed");
+            assert_eq!(s.nodes, ["10.0.0.1:26379", "sentinel-2:26380"]);
+
+            jail.set_env("PRICEFEED__REDIS__SENTINEL__NODES", "sentinel-1");
+            let err = load::<Demo>(&src).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "config key `redis.sentinel.nodes`: `sentinel-1` is not host:port"
+            );
+            jail.set_env("PRICEFEED__REDIS__SENTINEL__NODES", "");
+            let err = load::<Demo>(&src).unwrap_err().to_string();
+            assert!(
+                err.starts_with("config key `redis.sentinel.nodes`"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use pricefeed_store::feed::{RECONNECT, ReconnectOrder, feed_key, orders_channel};
+use pricefeed_store::redis_conn::RedisConn;
 use pricefeed_store::registry::Registry;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 /// One connection found silent.
@@ -131,7 +131,7 @@ impl OrderLimiter {
 /// The leader-only task.
 #[derive(Debug, Clone)]
 pub struct FeedHealth {
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub prefix: String,
     pub check_every: Duration,
     pub stale_after_ms: u64,

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use pricefeed_store::history::RetentionConfig;
 use pricefeed_store::history::partitions::{self, DAY_MS, Table};
 use pricefeed_store::protocol::{Keys, StatsDoc};
-use redis::aio::ConnectionManager;
+use pricefeed_store::redis_conn::RedisConn;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +81,7 @@ impl Retention {
 /// Rank and statistics upkeep.
 #[derive(Debug, Clone)]
 pub struct RankUpkeep {
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub keys: Keys,
     pub every: Duration,
     /// Entries not refreshed for this long are removed.

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use pricefeed_domain::assignment::{Assignment, NodeId, rebalance};
 use pricefeed_store::assignment::{self as published, Published};
 use pricefeed_store::lease::Lease;
+use pricefeed_store::redis_conn::RedisConn;
 use pricefeed_store::registry::Registry;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -87,7 +87,7 @@ impl LeaderStatus {
 pub struct LeaderLoop {
     pub cfg: SchedulerSection,
     pub db: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub prefix: String,
     pub holder: String,
     pub status: Arc<LeaderStatus>,
@@ -105,6 +105,11 @@ struct Leading {
     /// The assignment last published under this term (the input of the next rebalance).
     current: Option<Assignment>,
     renewed_at: Instant,
+    /// Until then nodes of the previous assignment that are still listed in the registry count
+    /// as alive even without a fresh heartbeat: a new term often follows a Redis failover or restart that also stalled the
+    /// nodes' heartbeats, and declaring them dead at once would move every slice for nothing.
+    /// New nodes still gain instruments meanwhile.
+    grace_until: Instant,
     /// Set when the published assignment vanished from Redis (flush, failover that lost writes):
     /// until then the last assignment is re-published unchanged, giving nodes time to re-register
     /// instead of being declared dead because the registry was wiped with everything else.
@@ -236,6 +241,8 @@ impl LeaderLoop {
                     term,
                     current: None,
                     renewed_at: started,
+                    grace_until: Instant::now()
+                        + Duration::from_millis(self.cfg.node_dead_after_ms),
                     rebuild_until: None,
                     _tasks: term_token.drop_guard(),
                 })
@@ -287,6 +294,21 @@ impl LeaderLoop {
         }
         let next = if rebuilding {
             previous.clone()
+        } else if Instant::now() < l.grace_until {
+            // Listed but stale, not deregistered: a node that stopped on purpose still leaves.
+            let listed: BTreeSet<NodeId> = listed
+                .iter()
+                .map(|n| NodeId::from(n.node_id.as_str()))
+                .collect();
+            let mut keep = nodes.clone();
+            keep.extend(
+                previous
+                    .owners
+                    .values()
+                    .filter(|n| listed.contains(*n))
+                    .cloned(),
+            );
+            rebalance(&previous, &keep, &symbols)
         } else {
             rebalance(&previous, &nodes, &symbols)
         };

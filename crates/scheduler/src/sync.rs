@@ -29,8 +29,8 @@ use pricefeed_broker::rest::{
 };
 use pricefeed_broker::rest_client::{RestClient, RestError};
 use pricefeed_domain::instrument::{Derivative, DerivativeKind, Symbol, Underlying};
+use pricefeed_store::redis_conn::RedisConn;
 use pricefeed_store::sync::{SyncError, SyncOutcome};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -90,7 +90,7 @@ impl SyncFailure {
 pub struct Syncer {
     pub client: RestClient,
     pub db: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub prefix: String,
     pub underlyings_every: Duration,
     pub derivatives_every: Duration,

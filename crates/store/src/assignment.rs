@@ -11,10 +11,10 @@
 //! `cluster_state` row (see `docs/decisions/0003-slice-assignment.md`): after a Redis flush the next
 //! leader starts above both instead of going back to epoch 1, which nodes would take for stale.
 
+use crate::redis_conn::RedisConn;
 use pricefeed_domain::assignment::{Assignment, NodeId};
 use pricefeed_domain::instrument::InstrumentKey;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use sqlx::{PgPool, Row};
 use std::collections::BTreeMap;
 
@@ -50,7 +50,7 @@ return 1
 
 /// Writes `doc` if its term is not below the highest term seen; `Ok(false)` when fenced off.
 pub async fn publish(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     prefix: &str,
     doc: &Published,
 ) -> redis::RedisResult<bool> {
@@ -73,10 +73,7 @@ pub async fn publish(
 
 /// The published assignment, if any. A document that does not parse counts as absent (and is
 /// overwritten by the next leader tick).
-pub async fn read(
-    conn: &mut ConnectionManager,
-    prefix: &str,
-) -> redis::RedisResult<Option<Published>> {
+pub async fn read(conn: &mut RedisConn, prefix: &str) -> redis::RedisResult<Option<Published>> {
     let v: Option<String> = redis::cmd("GET")
         .arg(assignment_key(prefix))
         .query_async(conn)

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 
 use crate::protocol::Keys;
 pub use crate::protocol::{FeedField, RECONNECT, ReconnectOrder};
@@ -30,7 +30,7 @@ pub fn orders_channel(prefix: &str, node_id: &str) -> String {
 /// field; empty when the node wrote none or it expired), in one round trip. Undecodable fields
 /// are left out.
 pub async fn read_feeds(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     prefix: &str,
     nodes: &[&str],
 ) -> redis::RedisResult<(i64, Vec<BTreeMap<String, FeedField>>)> {

@@ -15,8 +15,8 @@
 //! term it knows from a durable store) and the script lifts the counter above it, so terms keep
 //! increasing across a Redis loss.
 
+use crate::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::protocol::Keys;
 pub use crate::protocol::LeaderInfo;
@@ -64,7 +64,7 @@ return 0
 /// One contender for the lease. Each scheduler process owns one.
 #[derive(Clone)]
 pub struct Lease {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     holder: String,
     ttl_ms: u64,
@@ -84,7 +84,7 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    pub fn new(conn: ConnectionManager, prefix: &str, holder: &str, ttl_ms: u64) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str, holder: &str, ttl_ms: u64) -> Self {
         Self {
             conn,
             prefix: prefix.to_string(),
@@ -174,10 +174,7 @@ fn parse_value(v: &str) -> Option<LeaderInfo> {
 }
 
 /// The current leader, if any, as seen by anyone (nodes show it in `/api/v1/cluster`).
-pub async fn current(
-    conn: &mut ConnectionManager,
-    prefix: &str,
-) -> redis::RedisResult<Option<LeaderInfo>> {
+pub async fn current(conn: &mut RedisConn, prefix: &str) -> redis::RedisResult<Option<LeaderInfo>> {
     let v: Option<String> = redis::cmd("GET")
         .arg(lease_key(prefix))
         .query_async(conn)

@@ -36,7 +36,7 @@ mod redis_tests;
 #[derive(Debug, Clone)]
 pub struct Deps {
     pub db: sqlx::PgPool,
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: redis_conn::RedisConn,
 }
 
 /// Connects Postgres (migrating when `database.migrate_on_start`) and Redis, and registers both

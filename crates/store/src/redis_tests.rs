@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::redis_conn::RedisConn;
 use pricefeed_domain::assignment::NodeId;
 use pricefeed_domain::instrument::InstrumentKey;
 use pricefeed_runtime::config::RedisConfig;
-use redis::aio::ConnectionManager;
 
 use crate::assignment::{self, Published};
 use crate::lease::{self, Lease};
@@ -21,12 +21,13 @@ fn prefix(name: &str) -> String {
     format!("pftest_{name}_{}_{nanos}", std::process::id())
 }
 
-async fn conn() -> ConnectionManager {
+async fn conn() -> RedisConn {
     let url = std::env::var("PRICEFEED_TEST_REDIS_URL")
         .expect("PRICEFEED_TEST_REDIS_URL must be set (run ./dev test)");
     crate::redis_conn::connect(&RedisConfig {
         url: pricefeed_runtime::secret::SecretUrl::new(url),
         key_prefix: "unused".into(),
+        sentinel: None,
     })
     .await
     .unwrap()

@@ -10,8 +10,8 @@
 //! Heartbeat times come from the Redis server clock (`TIME` inside the script), never from the
 //! node's own clock: ages are then comparable across hosts whose clocks disagree.
 
+use crate::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::protocol::Keys;
 pub use crate::protocol::NodeRecord;
@@ -53,7 +53,7 @@ return now
 /// Registry handle; cheap to clone (the connection is multiplexed).
 #[derive(Clone)]
 pub struct Registry {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str) -> Self {
         Self {
             conn,
             prefix: prefix.to_string(),

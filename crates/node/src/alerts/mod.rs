@@ -29,7 +29,7 @@ use pricefeed_runtime::shutdown::Shutdown;
 use pricefeed_store::alerts::{self as store, NewTrigger};
 use pricefeed_store::history::InstrumentIds;
 use pricefeed_store::protocol::{AlertChanged, AlertEvent, Keys, doc_key};
-use redis::aio::ConnectionManager;
+use pricefeed_store::redis_conn::RedisConn;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -96,8 +96,8 @@ impl Validate for AlertsConfig {
 pub struct AlertDeps {
     pub node_id: String,
     pub db: PgPool,
-    pub redis: ConnectionManager,
-    pub redis_url: String,
+    pub redis: RedisConn,
+    pub redis_endpoint: pricefeed_store::redis_conn::RedisEndpoint,
     pub keys: Keys,
     pub ids: InstrumentIds,
     pub cfg: AlertsConfig,
@@ -263,7 +263,7 @@ async fn commit_loop(
 /// Commits `pending`, then pushes the committed ones to WebSocket subscribers.
 async fn commit(
     deps: &AlertDeps,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     pending: &[Pending],
 ) -> anyhow::Result<usize> {
     let new: Vec<NewTrigger> = pending
@@ -466,7 +466,7 @@ async fn changes_loop(core: Arc<Mutex<Core>>, deps: AlertDeps, token: Cancellati
         let token = token.clone();
         async move {
             crate::pubsub::listen(
-                &deps.redis_url,
+                &deps.redis_endpoint,
                 &deps.keys.alerts_changed(),
                 "alert changes",
                 Duration::from_secs(1),
@@ -493,7 +493,7 @@ async fn changes_loop(core: Arc<Mutex<Core>>, deps: AlertDeps, token: Cancellati
 
 /// Announces a changed alert to the owning node (best effort: the owner's resync repairs a lost
 /// notice within `alerts.resync_ms`).
-pub async fn announce(redis: &mut ConnectionManager, keys: &Keys, a: &store::Alert) {
+pub async fn announce(redis: &mut RedisConn, keys: &Keys, a: &store::Alert) {
     let m = AlertChanged {
         alert_id: a.id,
         market: a.key.market().as_str().to_string(),

@@ -12,7 +12,7 @@ use super::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::State;
 use pricefeed_store::protocol::StatsDoc;
-use redis::aio::ConnectionManager;
+use pricefeed_store::redis_conn::RedisConn;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -131,7 +131,7 @@ async fn get_stats(
 }
 
 async fn rank_of(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     st: &AppState,
     field: &str,
     group: &str,

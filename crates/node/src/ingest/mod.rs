@@ -33,7 +33,7 @@ use pricefeed_domain::instrument::{InstrumentKey, Market};
 use pricefeed_domain::sequence::SeqConfig;
 use pricefeed_runtime::config::BrokerConfig;
 use pricefeed_runtime::shutdown::Shutdown;
-use redis::aio::ConnectionManager;
+use pricefeed_store::redis_conn::RedisConn;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -69,9 +69,9 @@ pub struct IngestDeps {
     pub node_id: String,
     pub feed: FeedConfig,
     pub broker: BrokerConfig,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// For the dedicated pub/sub connection of the order listener.
-    pub redis_url: String,
+    pub redis_endpoint: pricefeed_store::redis_conn::RedisEndpoint,
     pub prefix: String,
 }
 
@@ -147,7 +147,7 @@ pub fn start(
         token.clone(),
     ));
     tracker.spawn(orders::run(
-        deps.redis_url.clone(),
+        deps.redis_endpoint.clone(),
         deps.prefix.clone(),
         orders::OrderHandler::new(deps.node_id.clone(), health.clone()),
         token.clone(),

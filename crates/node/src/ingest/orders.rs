@@ -124,14 +124,14 @@ impl OrderHandler {
 
 /// Subscribes to this node's order channel and handles orders until `token` is cancelled.
 pub async fn run(
-    redis_url: String,
+    redis_endpoint: pricefeed_store::redis_conn::RedisEndpoint,
     prefix: String,
     mut handler: OrderHandler,
     token: CancellationToken,
 ) {
     let channel = orders_channel(&prefix, &handler.node_id);
     crate::pubsub::listen(
-        &redis_url,
+        &redis_endpoint,
         &channel,
         "reconnect orders",
         Duration::from_secs(2),

@@ -19,8 +19,8 @@
 use pricefeed_domain::instrument::InstrumentKey;
 use pricefeed_store::protocol::Keys;
 pub use pricefeed_store::protocol::PriceDoc;
+use pricefeed_store::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::handoff::Resume;
 use super::state::{FlushEntry, Latest};
@@ -75,7 +75,7 @@ return #ticks
 
 /// Writes one flush tick; returns how many prices were newer than Redis' (and published).
 pub async fn flush(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     script: &Script,
     prefix: &str,
     entries: &[FlushEntry],
@@ -117,7 +117,7 @@ pub async fn flush(
 /// What Redis knows about a pending instrument: the release marker's epoch and the stored
 /// latest trade (id and price).
 pub async fn handover_state(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     prefix: &str,
     keys: &[InstrumentKey],
 ) -> redis::RedisResult<Vec<(Option<u64>, Resume)>> {
@@ -151,7 +151,7 @@ pub fn flush_script() -> Script {
 
 /// Reads the stored price of `key` (one HGET).
 pub async fn read_price(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     prefix: &str,
     key: &InstrumentKey,
 ) -> redis::RedisResult<Option<PriceDoc>> {
@@ -165,7 +165,7 @@ pub async fn read_price(
 
 /// Reads stored prices for `keys` (one HMGET).
 pub async fn read_prices(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     prefix: &str,
     keys: &[InstrumentKey],
 ) -> redis::RedisResult<Vec<Option<PriceDoc>>> {

@@ -26,7 +26,7 @@ use pricefeed_runtime::config::{ConfigError, Validate};
 use pricefeed_runtime::shutdown::Shutdown;
 use pricefeed_store::history::{InstrumentIds, VwapConfig, read};
 use pricefeed_store::protocol::{Keys, Reconciled, StatsDoc, VwapDoc, vwap_field};
-use redis::aio::ConnectionManager;
+use pricefeed_store::redis_conn::RedisConn;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
@@ -91,8 +91,8 @@ impl Validate for LiveConfig {
 #[derive(Debug, Clone)]
 pub struct LiveDeps {
     pub db: PgPool,
-    pub redis: ConnectionManager,
-    pub redis_url: String,
+    pub redis: RedisConn,
+    pub redis_endpoint: pricefeed_store::redis_conn::RedisEndpoint,
     pub keys: Keys,
     pub ids: InstrumentIds,
     pub vwap: VwapConfig,
@@ -168,7 +168,7 @@ async fn publish_loop(core: Arc<Mutex<Core>>, deps: LiveDeps, token: Cancellatio
 
 /// One round of live values: VWAP hash + channel, statistics hash, rank sets.
 async fn write(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     keys: &Keys,
     vwaps: &[VwapDoc],
     stats: &[StatsDoc],
@@ -369,7 +369,7 @@ async fn reconciled_loop(core: Arc<Mutex<Core>>, deps: LiveDeps, token: Cancella
     }
     let mut l = L(core);
     crate::pubsub::listen(
-        &deps.redis_url,
+        &deps.redis_endpoint,
         &deps.keys.reconciled(),
         "reconciled notices",
         Duration::from_secs(1),

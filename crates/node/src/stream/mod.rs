@@ -45,7 +45,7 @@ pub fn start(
     cfg: StreamConfig,
     prices: &crate::live_cache::PriceCache,
     vwaps: &crate::live_cache::VwapCache,
-    redis_url: String,
+    redis_endpoint: pricefeed_store::redis_conn::RedisEndpoint,
     alert_events: String,
     shutdown: &Shutdown,
 ) -> Arc<Hub> {
@@ -58,7 +58,7 @@ pub fn start(
     let token = shutdown.token();
     shutdown.tracker().spawn(async move {
         crate::pubsub::listen(
-            &redis_url,
+            &redis_endpoint,
             &alert_events,
             "alert events",
             Duration::from_secs(1),

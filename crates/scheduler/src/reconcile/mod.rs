@@ -41,7 +41,7 @@ use pricefeed_store::history::reconcile::{self as store, Advance, HistorySpec, O
 use pricefeed_store::history::{RetentionConfig, VwapConfig, ids};
 use pricefeed_store::jobs::{self as jobq, Claimed, Jobs};
 use pricefeed_store::protocol::{Keys, Reconciled};
-use redis::aio::ConnectionManager;
+use pricefeed_store::redis_conn::RedisConn;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -115,7 +115,7 @@ impl std::fmt::Debug for Reconciler {
 
 struct Inner {
     db: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     truth: Truth,
     days: KnownDays,
@@ -128,7 +128,7 @@ struct Inner {
 impl Reconciler {
     pub fn new(
         db: PgPool,
-        redis: ConnectionManager,
+        redis: RedisConn,
         keys: Keys,
         client: RestClient,
         cfg: ReconcileConfig,
