@@ -24,6 +24,12 @@
 //! instrument's history has every id from before the kill to after. Prints the promotion and
 //! recovery times.
 //!
+//! **Partition (fencing)**: one of three nodes runs in a network namespace; its route to Redis
+//! is blackholed for `PRICEFEED_DRILL_PARTITION_SECS` (12) while it keeps the broker and
+//! Postgres. Its slice moves to the others and it keeps ingesting its old instruments; when
+//! the route comes back, Redis refuses its stale flushes (the live claims are the fencing
+//! token), it rejoins with a slice, and the cluster-wide counters say every trade id once.
+//!
 //! **Postgres outage**: a Postgres of the drill's own is stopped (`-m immediate`) for
 //! `PRICEFEED_DRILL_OUTAGE_SECS` (30) under a node, a scheduler and a worker. Throughout, the
 //! node keeps ingesting and serving fresh prices, `/livez` answers 200 and `/readyz` 503 naming
@@ -34,6 +40,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use pricefeed_tests::netns::NetNs;
 use pricefeed_tests::pg::PrivatePostgres;
 use pricefeed_tests::sentinel::{self, RedisHa};
 use pricefeed_tests::{
@@ -742,9 +749,202 @@ async fn a_redis_sentinel_failover_is_followed_and_loses_nothing() {
         last_id - first_id + 1
     );
     assert!(complete.is_ok(), "history has holes after the failover");
-    assert_eq!(
-        probe(&http, &worker.url("/readyz")).await.0,
-        200,
-        "worker ready"
+    // Readiness is a background probe's last outcome (every 500 ms), so allow it a few rounds.
+    let worker_ready = wait_for(Duration::from_secs(10), || async {
+        probe(&http, &worker.url("/readyz")).await.0 == 200
+    })
+    .await;
+    assert!(
+        worker_ready.is_ok(),
+        "worker not ready after the failover: {:?}\n{}",
+        probe(&http, &worker.url("/readyz")).await,
+        worker.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_is_fenced_and_nothing_doubles() {
+    let cut_for = env_secs("PRICEFEED_DRILL_PARTITION_SECS", 12);
+    let http = http_client(Duration::from_secs(2));
+    let sim = Sim::start_small(&[
+        ("UNDERLYINGS", "2"),
+        ("HOT_SYMBOLS", "2"),
+        ("HOT_RATE_PER_SEC", "100.0"),
+    ])
+    .await;
+    let db = fresh_database().await.unwrap();
+    let mut env = base_env(&db);
+    env.extend(sim.broker_env());
+    env.push(("PRICEFEED__RECONCILE__INTERVAL_MS".into(), "2000".into()));
+    migrate(&env, READY).await;
+    let all = seed_from_catalogue(&http, &sim, &db).await;
+    let keys: BTreeSet<String> = all
+        .into_iter()
+        .filter(|k| k.starts_with("spot:") || k.starts_with("usdm:"))
+        .filter(|k| !k.contains('_'))
+        .collect();
+    let prefix = key_prefix(&env);
+    let _sched = start_schedulers(&["sched"], &env).await;
+    let host_nodes = start_nodes(&["n1", "n2"], &env).await;
+
+    // n3 runs in a namespace of its own: Postgres and the broker through one address, Redis
+    // through the one the drill cuts.
+    let mut ns = NetNs::create();
+    let mut e = env.clone();
+    let via = ns.services_ip();
+    let mut rewritten = Vec::new();
+    for (k, v) in &e {
+        if k.starts_with("PRICEFEED__BROKER__") && v.contains("://") {
+            rewritten.push((k.clone(), ns.forward_url(via, v).await));
+        }
+    }
+    e.extend(rewritten);
+    let db_url = ns.forward_url(via, &db).await;
+    e.push(("PRICEFEED__DATABASE__URL".into(), db_url));
+    let cut = ns.cuttable_ip();
+    let redis_via = ns.forward_url(cut, &pricefeed_tests::redis_url()).await;
+    e.push(("PRICEFEED__REDIS__URL".into(), redis_via));
+    e.push((
+        "PRICEFEED__NODE__HTTP__BIND".into(),
+        format!("{}:0", ns.ns_ip()),
+    ));
+    e.push(("PRICEFEED__NODE__ID".into(), "n3".into()));
+    let node_bin = pricefeed_tests::bin("pricefeed-node");
+    let mut n3 = Proc::start_with("n3", std::path::Path::new("ip"), &[], &e, |dir| {
+        let mut a = ns.exec_args(&node_bin);
+        a.push("--addr-file".into());
+        a.push(dir.join("addr").into());
+        a
+    })
+    .unwrap();
+    n3.wait_addr(Duration::from_secs(30)).await.unwrap();
+
+    let mut r = redis::Client::open(pricefeed_tests::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let assignment = pricefeed_store::protocol::Keys::new(&prefix).assignment();
+    let owned_by = |r: &redis::aio::MultiplexedConnection, node: &'static str| {
+        let (mut r, assignment) = (r.clone(), assignment.clone());
+        async move {
+            let doc: Option<String> = redis::cmd("GET")
+                .arg(&assignment)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            let doc: Value = doc.map_or(Value::Null, |d| serde_json::from_str(&d).unwrap());
+            doc["owners"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(_, n)| *n == node)
+                        .map(|(k, _)| k.clone())
+                        .collect::<BTreeSet<String>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    let everyone = [&host_nodes[0], &host_nodes[1], &n3];
+    let res = wait_for(READY, || async {
+        if owned_by(&r, "n3").await.is_empty() {
+            return false;
+        }
+        for n in everyone {
+            for k in &keys {
+                let (code, body, _) = probe(&http, &n.url(&price_path(k))).await;
+                if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    assert!(res.is_ok(), "n3 never owned a slice with every key served");
+    let n3_keys = owned_by(&r, "n3").await;
+    println!(
+        "{} keys; n3 (in namespace {}) owns {n3_keys:?}",
+        keys.len(),
+        ns.name
+    );
+
+    // The partition: n3 keeps its broker feed and Postgres, and loses Redis.
+    let before: u64 = {
+        let mut s = 0;
+        for k in &n3_keys {
+            s += accepted(&http, &n3, k).await;
+        }
+        s
+    };
+    ns.cut();
+    let cut_at = Instant::now();
+    let moved = wait_for(Duration::from_secs(30), || async {
+        owned_by(&r, "n3").await.is_empty()
+    })
+    .await;
+    assert!(moved.is_ok(), "n3's slice never moved while it was cut off");
+    let moved_after = cut_at.elapsed();
+    let served = wait_for(Duration::from_secs(30), || async {
+        for n in &host_nodes {
+            for k in &n3_keys {
+                let (code, body, _) = probe(&http, &n.url(&price_path(k))).await;
+                if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    assert!(served.is_ok(), "n3's instruments never went live elsewhere");
+    let live_elsewhere = cut_at.elapsed();
+    if let Some(rest) = cut_for.checked_sub(cut_at.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let mut during = 0;
+    for k in &n3_keys {
+        during += accepted(&http, &n3, k).await;
+    }
+    println!(
+        "n3 cut off from Redis: its slice moved after {} ms and was live on n1/n2 after {} ms; \
+         meanwhile n3 kept ingesting its old instruments ({} trades accepted while cut off, \
+         {:?} in all)",
+        moved_after.as_millis(),
+        live_elsewhere.as_millis(),
+        during.saturating_sub(before),
+        cut_at.elapsed()
+    );
+
+    // Healed: n3 comes back, its stale counts and prices are refused, and the cluster-wide
+    // counters say every id once.
+    ns.heal();
+    let healed_at = Instant::now();
+    let back = wait_for(READY, || async {
+        probe(&http, &n3.url("/readyz")).await.0 == 200 && !owned_by(&r, "n3").await.is_empty()
+    })
+    .await;
+    assert!(back.is_ok(), "n3 did not rejoin:\n{}", n3.log_tail());
+    let fenced = pricefeed_tests::metric(&http, &n3, "pricefeed_ingest_fenced_total", &[]).await;
+    let until = Instant::now() + READY;
+    let last = loop {
+        let now = pricefeed_tests::counters_exact(&mut r, &prefix, &keys).await;
+        if now.is_ok() || Instant::now() > until {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!(
+        "healed: n3 ready with a slice again after {} ms; {fenced} stale flushes of n3 refused \
+         by the live claims; counters exact after {} ms: {last:?}",
+        healed_at.elapsed().as_millis(),
+        healed_at.elapsed().as_millis(),
+    );
+    assert!(last.is_ok(), "counted twice or lost: {last:?}");
+    assert!(
+        during > before && fenced >= 1.0,
+        "the drill did not exercise a stale owner (n3 accepted {} while cut off, {fenced} \
+         refused)",
+        during.saturating_sub(before)
     );
 }

@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 pub mod browser;
+pub mod netns;
 pub mod pg;
 pub mod sentinel;
 pub mod smtp;
@@ -741,4 +742,42 @@ pub async fn seed_from_catalogue(http: &reqwest::Client, sim: &Sim, db: &str) ->
     }
     pool.close().await;
     keys
+}
+
+/// Per instrument, whether the cluster-wide counters in Redis say "every id from the first
+/// accepted to the latest price, each once": `Err` lists the instruments that do not (yet).
+pub async fn counters_exact(
+    r: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    keys: &BTreeSet<String>,
+) -> Result<String, Vec<String>> {
+    let names = pricefeed_store::protocol::Keys::new(prefix);
+    let (accepted, first, prices): (
+        std::collections::HashMap<String, u64>,
+        std::collections::HashMap<String, u64>,
+        std::collections::HashMap<String, String>,
+    ) = redis::pipe()
+        .hgetall(names.accepted())
+        .hgetall(names.first_accepted())
+        .hgetall(names.prices())
+        .query_async(r)
+        .await
+        .unwrap();
+    let mut bad = Vec::new();
+    let mut total = 0;
+    for k in keys {
+        let last = prices
+            .get(k)
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+            .and_then(|v| v["trade_id"].as_u64());
+        match (accepted.get(k), first.get(k), last) {
+            (Some(&a), Some(&f), Some(l)) if a == l - f + 1 => total += a,
+            (a, f, l) => bad.push(format!("{k}: accepted {a:?}, ids {f:?}..={l:?}")),
+        }
+    }
+    if bad.is_empty() {
+        Ok(format!("{} instruments, {total} trades", keys.len()))
+    } else {
+        Err(bad)
+    }
 }

@@ -25,6 +25,7 @@
 //! | `{p}:rank:seen` | zset | owning node | `market:SYMBOL` → last rank write (ms), for pruning |
 //! | `{p}:ingest:accepted` | hash | owning node | `market:SYMBOL` → trades accepted cluster-wide |
 //! | `{p}:ingest:first` | hash | owning node | `market:SYMBOL` → lowest accepted trade id |
+//! | `{p}:live` | hash | owning node | `market:SYMBOL` → id of the node that went live on it last (the fencing claim) |
 //! | `{p}:handover:market:SYMBOL` | string, TTL | releasing node | epoch of the release |
 //! | `{p}:feed:{node}` | hash, TTL | node | `market:conn` → `last_frame_ms,mean_gap_ms` or `0` |
 //! | `{p}:orders:{node}` | channel | scheduler | [`ReconnectOrder`] JSON |
@@ -120,6 +121,10 @@ impl Keys {
     }
     pub fn first_accepted(&self) -> String {
         self.k("ingest:first")
+    }
+    /// Which node holds each instrument's live claim: flushes from any other node are refused.
+    pub fn live_claims(&self) -> String {
+        self.k("live")
     }
     pub fn handover(&self, key: &InstrumentKey) -> String {
         self.k(&format!("handover:{key}"))

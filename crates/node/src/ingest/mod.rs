@@ -318,17 +318,20 @@ async fn flush_loop(
         let now = Instant::now();
         let checks = core.lock().unwrap().pending_checks(now);
         if !checks.is_empty() {
-            let keys: Vec<InstrumentKey> = checks.iter().map(|c| c.key.clone()).collect();
-            match publish::handover_state(&mut redis, &deps.prefix, &keys).await {
-                Ok(states) => {
+            let pending: Vec<(InstrumentKey, u64, bool)> = checks
+                .iter()
+                .map(|c| (c.key.clone(), c.epoch, c.force))
+                .collect();
+            match publish::claim(&mut redis, &deps.prefix, &deps.node_id, &pending).await {
+                Ok(claimed) => {
                     let mut c = core.lock().unwrap();
-                    for (check, (marker, last)) in checks.iter().zip(states) {
-                        if check.force || marker.is_some_and(|m| m >= check.epoch) {
-                            c.go_live(&check.key, check.epoch, last);
+                    for (check, resume) in checks.iter().zip(claimed) {
+                        if let Some(resume) = resume {
+                            c.go_live(&check.key, check.epoch, resume);
                         }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "reading handover state failed"),
+                Err(e) => tracing::debug!(error = %e, "claiming pending instruments failed"),
             }
         }
         let batch = core.lock().unwrap().take_flush();
@@ -346,11 +349,23 @@ async fn flush_loop(
         let mut released = std::mem::take(&mut carry_released);
         released.extend(batch.released);
         if !entries.is_empty() || !released.is_empty() {
-            match publish::flush(&mut redis, &script, &deps.prefix, &entries, &released).await {
-                Ok(_) => {
+            match publish::flush(
+                &mut redis,
+                &script,
+                &deps.prefix,
+                &deps.node_id,
+                &entries,
+                &released,
+            )
+            .await
+            {
+                Ok(flushed) => {
                     if failing {
                         tracing::info!("price flush to redis recovered");
                         failing = false;
+                    }
+                    if !flushed.fenced.is_empty() {
+                        fenced(&core, &flushed.fenced);
                     }
                 }
                 Err(e) => {
@@ -405,6 +420,23 @@ async fn flush_loop(
             return;
         }
     }
+}
+
+/// Instruments whose live claim another node holds: this node's view of its slice is stale
+/// (it was cut off while the slice moved). Their unflushed counts are dropped, since the node
+/// now live on them resumed from what Redis held, and they stay fenced until the next
+/// assignment says what is ours.
+fn fenced(core: &Mutex<Core>, fields: &[String]) {
+    let mut c = core.lock().unwrap();
+    for f in fields {
+        let Ok(key) = InstrumentKey::parse(f) else {
+            continue;
+        };
+        if c.fence(&key) {
+            tracing::warn!(instrument = %f, "another node is live on this instrument; fenced until the next assignment");
+        }
+    }
+    metrics::counter!("pricefeed_ingest_fenced_total").increment(fields.len() as u64);
 }
 
 /// Adds `new` to `acc`, merging entries of the same instrument (counts add up, the newer price

@@ -12,6 +12,11 @@
 //!   advance, and the next owner (starting after the stored id) re-accepts exactly those trades.
 //! - `{prefix}:handover:market:SYMBOL`: "released at epoch E", set with the final flush of an
 //!   instrument this node lost; the new owner goes live when it sees it.
+//! - `{prefix}:live` hash, field `market:SYMBOL` = the node that went live on it last. Going
+//!   live claims it and reads the resume point in one script ([`claim`]); a flush writes only
+//!   fields this node holds the claim of and reports the others as fenced. A node that was cut
+//!   off while its slice moved therefore cannot add its stale counts or prices when it comes
+//!   back, whatever its own clock or view says (the claim is the fencing token).
 //! - `{prefix}:feed:{node_id}` hash, field `market:conn` = `last_frame_ms,mean_gap_ms` (`0` while
 //!   not connected), rewritten every second by the flush loop, expiring 10 s after the node
 //!   stops (for the scheduler's feed-health watch).
@@ -37,59 +42,80 @@ pub fn price_doc(key: &InstrumentKey, l: &Latest) -> PriceDoc {
     }
 }
 
-// KEYS: 1 prices, 2 accepted, 3 first, 4.. handover markers.
-// ARGV: 1 channel, 2 n entries, then 5 per entry (field, trade_id or '', json, delta, first or
-// ''), then one epoch per marker key.
+// KEYS: 1 prices, 2 accepted, 3 first, 4 live claims, 5.. handover markers.
+// ARGV: 1 channel, 2 n entries, 3 node id, then 5 per entry (field, trade_id or '', json, delta,
+// first or ''), then one epoch per marker key. Returns {published, fenced field, ...}.
 const FLUSH: &str = r"
 local n = tonumber(ARGV[2])
+local me = ARGV[3]
 local ticks = {}
-local i = 3
+local fenced = {}
+local i = 4
 for _ = 1, n do
   local field, id, json, delta, first = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2], tonumber(ARGV[i+3]), ARGV[i+4]
   i = i + 5
-  if delta > 0 then redis.call('HINCRBY', KEYS[2], field, delta) end
-  if first ~= '' then
-    local cur = redis.call('HGET', KEYS[3], field)
-    if (not cur) or tonumber(first) < tonumber(cur) then redis.call('HSET', KEYS[3], field, first) end
-  end
-  if id then
-    local newer = true
-    local cur = redis.call('HGET', KEYS[1], field)
-    if cur then
-      local ok, d = pcall(cjson.decode, cur)
-      if ok and type(d) == 'table' and d.trade_id and tonumber(d.trade_id) >= id then newer = false end
+  local holder = redis.call('HGET', KEYS[4], field)
+  if holder and holder ~= me then
+    fenced[#fenced + 1] = field
+  else
+    if not holder then redis.call('HSET', KEYS[4], field, me) end
+    if delta > 0 then redis.call('HINCRBY', KEYS[2], field, delta) end
+    if first ~= '' then
+      local cur = redis.call('HGET', KEYS[3], field)
+      if (not cur) or tonumber(first) < tonumber(cur) then redis.call('HSET', KEYS[3], field, first) end
     end
-    if newer then
-      redis.call('HSET', KEYS[1], field, json)
-      ticks[#ticks + 1] = json
+    if id then
+      local newer = true
+      local cur = redis.call('HGET', KEYS[1], field)
+      if cur then
+        local ok, d = pcall(cjson.decode, cur)
+        if ok and type(d) == 'table' and d.trade_id and tonumber(d.trade_id) >= id then newer = false end
+      end
+      if newer then
+        redis.call('HSET', KEYS[1], field, json)
+        ticks[#ticks + 1] = json
+      end
     end
   end
 end
-for k = 4, #KEYS do
+for k = 5, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'PX', 600000)
   i = i + 1
 end
 if #ticks > 0 then redis.call('PUBLISH', ARGV[1], '[' .. table.concat(ticks, ',') .. ']') end
-return #ticks
+local out = {#ticks}
+for _, f in ipairs(fenced) do out[#out + 1] = f end
+return out
 ";
 
-/// Writes one flush tick; returns how many prices were newer than Redis' (and published).
+/// What one flush did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Prices newer than Redis' (written and published).
+    pub published: i64,
+    /// `market:SYMBOL` fields refused because another node holds the live claim.
+    pub fenced: Vec<String>,
+}
+
+/// Writes one flush tick as `node_id`.
 pub async fn flush(
     conn: &mut RedisConn,
     script: &Script,
     prefix: &str,
+    node_id: &str,
     entries: &[FlushEntry],
     released: &[(InstrumentKey, u64)],
-) -> redis::RedisResult<i64> {
+) -> redis::RedisResult<Flushed> {
     let keys = Keys::new(prefix);
     let mut inv = script.prepare_invoke();
     inv.key(keys.prices())
         .key(keys.accepted())
-        .key(keys.first_accepted());
+        .key(keys.first_accepted())
+        .key(keys.live_claims());
     for (k, _) in released {
         inv.key(keys.handover(k));
     }
-    inv.arg(keys.price_ticks()).arg(entries.len());
+    inv.arg(keys.price_ticks()).arg(entries.len()).arg(node_id);
     for e in entries {
         inv.arg(e.key.as_str());
         match &e.latest {
@@ -111,36 +137,76 @@ pub async fn flush(
     for (_, epoch) in released {
         inv.arg(*epoch);
     }
-    inv.invoke_async(conn).await
+    let out: Vec<redis::Value> = inv.invoke_async(conn).await?;
+    let mut it = out.into_iter();
+    let published = match it.next() {
+        Some(redis::Value::Int(n)) => n,
+        _ => 0,
+    };
+    let fenced = it
+        .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+        .collect();
+    Ok(Flushed { published, fenced })
 }
 
-/// What Redis knows about a pending instrument: the release marker's epoch and the stored
-/// latest trade (id and price).
-pub async fn handover_state(
+// KEYS: 1 prices, 2 live claims, then one handover marker per instrument.
+// ARGV: 1 node id, then 3 per instrument (field, epoch, force 0/1).
+// Returns per instrument: 0 (not yet: no release marker for this epoch) or {1, price json or ''}.
+const CLAIM: &str = r"
+local out = {}
+local a = 2
+for k = 3, #KEYS do
+  local field, epoch, force = ARGV[a], tonumber(ARGV[a+1]), ARGV[a+2] == '1'
+  a = a + 3
+  local marker = tonumber(redis.call('GET', KEYS[k]) or '')
+  if force or (marker and marker >= epoch) then
+    redis.call('HSET', KEYS[2], field, ARGV[1])
+    out[#out + 1] = {1, redis.call('HGET', KEYS[1], field) or ''}
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+";
+
+/// For each pending instrument `(key, epoch, force)`: when its previous owner has released it
+/// at `epoch` or later (or `force`), takes the live claim for `node_id` and returns where to
+/// resume (the stored latest trade) in the same atomic step, so no flush of the previous owner
+/// can land between the read and the claim. `None`: keep waiting.
+pub async fn claim(
     conn: &mut RedisConn,
     prefix: &str,
-    keys: &[InstrumentKey],
-) -> redis::RedisResult<Vec<(Option<u64>, Resume)>> {
+    node_id: &str,
+    pending: &[(InstrumentKey, u64, bool)],
+) -> redis::RedisResult<Vec<Option<Resume>>> {
     let names = Keys::new(prefix);
-    let mut pipe = redis::pipe();
-    for k in keys {
-        // Marker first: the price written with it is then at least as new as the marker.
-        pipe.get(names.handover(k));
-        pipe.hget(names.prices(), k.as_str());
+    static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(CLAIM));
+    let mut inv = SCRIPT.prepare_invoke();
+    inv.key(names.prices()).key(names.live_claims());
+    for (k, _, _) in pending {
+        inv.key(names.handover(k));
     }
-    let raw: Vec<Option<String>> = pipe.query_async(conn).await?;
+    inv.arg(node_id);
+    for (k, epoch, force) in pending {
+        inv.arg(k.as_str())
+            .arg(*epoch)
+            .arg(if *force { "1" } else { "0" });
+    }
+    let raw: Vec<redis::Value> = inv.invoke_async(conn).await?;
     Ok(raw
-        .chunks(2)
-        .map(|c| {
-            let marker = c[0].as_deref().and_then(|s| s.parse().ok());
-            let last = c[1]
-                .as_deref()
-                .and_then(|s| serde_json::from_str::<PriceDoc>(s).ok());
-            let resume = Resume {
-                after_id: last.as_ref().map(|d| d.trade_id),
-                price: last.map(|d| d.price),
-            };
-            (marker, resume)
+        .into_iter()
+        .map(|v| match v {
+            redis::Value::Array(parts) => {
+                let last = parts
+                    .get(1)
+                    .and_then(|p| redis::from_redis_value_ref::<String>(p).ok())
+                    .and_then(|s| serde_json::from_str::<PriceDoc>(&s).ok());
+                Some(Resume {
+                    after_id: last.as_ref().map(|d| d.trade_id),
+                    price: last.map(|d| d.price),
+                })
+            }
+            _ => None,
         })
         .collect())
 }

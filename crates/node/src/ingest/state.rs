@@ -95,6 +95,9 @@ struct Instr {
     unflushed: u64,
     unflushed_first: Option<u64>,
     stats: InstrumentStats,
+    /// Another node holds the live claim (Redis refused our flush): nothing is flushed until
+    /// the next assignment makes it pending again or takes it away.
+    fenced: bool,
 }
 
 /// A gap to fetch from REST.
@@ -257,8 +260,9 @@ impl Core {
                 }
                 self.free_slots.push(i.slot);
                 // A pending instrument never accepted anything: nothing to hand over, and
-                // writing a marker would tell the next owner the wrong story.
-                if i.phase == Phase::Live {
+                // writing a marker would tell the next owner the wrong story. Nor has a fenced
+                // one: another node is already live on it.
+                if i.phase == Phase::Live && !i.fenced {
                     self.released_entries.push(FlushEntry {
                         key: i.key.clone(),
                         latest: i.dirty.then_some(i.latest).flatten(),
@@ -272,7 +276,24 @@ impl Core {
         let mut gained = 0;
         for key in owned {
             let map = &mut self.markets[market_index(key.market())];
-            if map.contains_key(key.symbol_str()) {
+            if let Some(i) = map.get_mut(key.symbol_str()) {
+                if i.fenced {
+                    // Ours again (or still, by a newer epoch): start over like a gained
+                    // instrument, resuming from what the node that was live on it stored.
+                    for c in &mut self.consumers {
+                        c.lost(i.slot, &i.key);
+                        c.gained(i.slot, &i.key);
+                    }
+                    i.phase = Phase::Pending {
+                        epoch,
+                        prev_gone: prev_gone(key),
+                        deadline,
+                    };
+                    i.tracker = SeqTracker::new(self.seq);
+                    i.latest = None;
+                    i.fenced = false;
+                    gained += 1;
+                }
                 continue;
             }
             gained += 1;
@@ -300,6 +321,7 @@ impl Core {
                     unflushed: 0,
                     unflushed_first: None,
                     stats: InstrumentStats::default(),
+                    fenced: false,
                 },
             );
         }
@@ -444,6 +466,12 @@ impl Core {
         let mut entries = std::mem::take(&mut self.released_entries);
         let consumers = &self.consumers;
         for i in self.markets.iter_mut().flat_map(|m| m.values_mut()) {
+            if i.fenced {
+                i.dirty = false;
+                i.unflushed = 0;
+                i.unflushed_first = None;
+                continue;
+            }
             if (i.dirty || i.unflushed > 0) && !consumers.iter().any(|c| c.holds_flush(i.slot)) {
                 entries.push(FlushEntry {
                     key: i.key.clone(),
@@ -462,6 +490,23 @@ impl Core {
             gaps: std::mem::take(&mut self.gaps),
             accepted_by_market: std::mem::take(&mut self.accepted_by_market),
         }
+    }
+
+    /// Another node is live on `key` (its flush was refused): drops what was not flushed and
+    /// flushes nothing more for it until [`Self::sync_slice`] decides. Returns false when
+    /// `key` is not in the slice or already fenced.
+    pub fn fence(&mut self, key: &InstrumentKey) -> bool {
+        let Some(i) = self.get_mut(key) else {
+            return false;
+        };
+        if i.fenced {
+            return false;
+        }
+        i.fenced = true;
+        i.dirty = false;
+        i.unflushed = 0;
+        i.unflushed_first = None;
+        true
     }
 
     pub fn latest(&self, key: &InstrumentKey) -> Option<Latest> {
@@ -675,6 +720,50 @@ mod tests {
         c.sync_slice(&[], 8, |_| false, deadline);
         let b = c.take_flush();
         assert_eq!(b.released, vec![(k.clone(), 8)]);
+        assert!(!c.owns(&k));
+    }
+
+    #[test]
+    fn a_fenced_instrument_flushes_nothing_until_the_next_assignment_decides() {
+        let mut c = live_core(&["spot:BNBUSDT", "spot:ETHUSDT"]);
+        let (k, other) = (key("spot:BNBUSDT"), key("spot:ETHUSDT"));
+        for id in 1..=3 {
+            c.on_ws_trade(Market::Spot, &tr("BNBUSDT", id), NOW);
+        }
+        c.on_ws_trade(Market::Spot, &tr("ETHUSDT", 1), NOW);
+        // Redis refused the flush: someone else went live on it while we were cut off.
+        assert!(c.fence(&k));
+        assert!(!c.fence(&k), "fencing twice reports once");
+        c.on_ws_trade(Market::Spot, &tr("BNBUSDT", 4), NOW);
+        let b = c.take_flush();
+        assert_eq!(
+            b.entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+            vec![other.clone()],
+            "nothing of the fenced instrument is flushed"
+        );
+        // The same slice at a newer epoch: pending again, resuming from what the other node
+        // stored, like any gained instrument.
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        c.sync_slice(&[k.clone(), other.clone()], 9, |_| false, deadline);
+        let checks = c.pending_checks(Instant::now());
+        assert_eq!(checks.len(), 1);
+        assert_eq!((checks[0].key.clone(), checks[0].epoch), (k.clone(), 9));
+        assert!(c.go_live(&k, 9, resume(40)));
+        assert_eq!(
+            c.on_ws_trade(Market::Spot, &tr("BNBUSDT", 40), NOW),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            c.on_ws_trade(Market::Spot, &tr("BNBUSDT", 41), NOW),
+            Verdict::Accepted
+        );
+        assert_eq!(c.take_flush().entries[0].accepted, 1);
+        // Fenced and then lost: no release marker (the other node is already live on it).
+        assert!(c.fence(&k));
+        c.sync_slice(std::slice::from_ref(&other), 10, |_| false, deadline);
+        let b = c.take_flush();
+        assert!(b.released.is_empty(), "{:?}", b.released);
+        assert!(b.entries.is_empty());
         assert!(!c.owns(&k));
     }
 
