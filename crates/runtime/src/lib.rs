@@ -5,6 +5,8 @@
 //!   `PRICEFEED__SECTION__KEY` overrides, validated with errors that name the key.
 //! - [`telemetry`]: tracing subscriber (human or JSON) and the Prometheus recorder.
 //! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the readiness registry behind them.
+//! - [`process`]: the process gauges (memory, descriptors, threads, CPU, tokio tasks) `/metrics`
+//!   reports.
 //! - [`shutdown`]: signal handling, cancellation and task tracking with a drain deadline.
 //! - [`http`]: the common middleware stack (request ids, spans, metrics) and the server loop.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
@@ -15,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod ops;
 pub mod problem;
+pub mod process;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

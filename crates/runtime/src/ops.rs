@@ -217,6 +217,7 @@ async fn readyz(State(r): State<Readiness>) -> Response {
 }
 
 async fn metrics() -> impl IntoResponse {
+    crate::process::record();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::telemetry::metrics_handle().render(),
