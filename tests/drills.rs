@@ -40,6 +40,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use pricefeed_tests::drill::env_secs;
 use pricefeed_tests::netns::NetNs;
 use pricefeed_tests::pg::PrivatePostgres;
 use pricefeed_tests::sentinel::{self, RedisHa};
@@ -50,16 +51,6 @@ use pricefeed_tests::{
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(60);
-
-/// `name` from the environment in seconds, else `default`.
-fn env_secs(name: &str, default: u64) -> Duration {
-    Duration::from_secs(
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default),
-    )
-}
 
 /// (status, body, ms) of one GET; status 0 when the request failed (e.g. the client's timeout).
 async fn probe(http: &reqwest::Client, url: &str) -> (u16, Value, u128) {

@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 pub mod browser;
+pub mod drill;
 pub mod netns;
 pub mod pg;
 pub mod sentinel;

@@ -12,6 +12,17 @@
 //! - `{code,msg}` error bodies become [`RestError::Api`], anything unparsable a typed error with
 //!   the HTTP status, never a panic.
 //!
+//! - after a 429/418, calls to that market go **one at a time** until one is answered without
+//!   either: the exchange counts every refused request towards an IP ban, and the four gap
+//!   backfills of a node that all waited for the same `Retry-After` would otherwise all be sent
+//!   (and refused) in the same instant;
+//! - with a [`HoldBoard`] ([`RestClient::with_hold_board`]), a 429/418 one process receives
+//!   holds the calls of every process sharing the board (all the nodes, schedulers and workers
+//!   of a cluster, which usually share an egress IP and so the exchange's limit), and a process
+//!   that adopts such a hold comes back up to a second later than the one that received it, so
+//!   they do not all knock at the same instant when it ends. A board that does not answer
+//!   within [`BOARD_TIMEOUT`] is ignored: it may cost a 429, never a REST call.
+//!
 //! Markets have separate hosts and separate limits on the exchange, so the ban state is per market.
 //!
 //! TLS: the workspace builds reqwest without a TLS backend (no `rustls-no-provider` + `ring` yet,
@@ -19,7 +30,9 @@
 //! `http://` (the simulator) works. Enabling TLS is a feature change in the workspace manifest
 //! plus installing the ring provider once in `main`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,6 +166,42 @@ struct MarketState {
     banned_until: Mutex<Option<Instant>>,
     /// `u64::MAX` = never reported.
     used_weight: AtomicU64,
+    /// A 429/418 (ours or adopted from the board) has not yet been followed by another answer:
+    /// requests go one at a time through `probe`.
+    recovering: AtomicBool,
+    probe: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A boxed future, as [`HoldBoard`] returns (the trait is used as `dyn`).
+pub type BoardFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a process's REST holds are shared with the other processes behind the same IP (the
+/// cluster's Redis in production: `pricefeed_store::rest_hold`).
+pub trait HoldBoard: Send + Sync + std::fmt::Debug + 'static {
+    /// The hold of `market` any process recorded: until this wall-clock time (ms since the
+    /// epoch); `None` when there is none or the board cannot tell.
+    fn held_until(&self, market: Market) -> BoardFuture<'_, Option<i64>>;
+    /// Records a hold of `market` until `until_ms` (wall clock), never shortening a longer one.
+    fn hold(&self, market: Market, until_ms: i64) -> BoardFuture<'_, ()>;
+}
+
+/// How long a call waits for the board before going ahead without it.
+pub const BOARD_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Wall clock, ms since the epoch.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// 0–999 ms, different per call and per process: `RandomState` keys are random per process
+/// and advance per instance (no RNG dependency for one jitter).
+fn jitter() -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(wall_ms());
+    Duration::from_millis(h.finish() % 1000)
 }
 
 /// Timeouts of the HTTP client.
@@ -168,6 +217,7 @@ pub struct RestClient {
     http: reqwest::Client,
     base: Arc<[String; 3]>,
     state: Arc<[MarketState; 3]>,
+    board: Option<Arc<dyn HoldBoard>>,
 }
 
 impl RestClient {
@@ -201,12 +251,77 @@ impl RestClient {
         let state = Arc::new(std::array::from_fn(|_| MarketState {
             banned_until: Mutex::new(None),
             used_weight: AtomicU64::new(u64::MAX),
+            recovering: AtomicBool::new(false),
+            probe: Arc::new(tokio::sync::Mutex::new(())),
         }));
         Ok(Self {
             http,
             base: Arc::new(base_urls.map(|u| u.trim_end_matches('/').to_string())),
             state,
+            board: None,
         })
+    }
+
+    /// Shares this client's holds with every process using the same `board` (see the module
+    /// docs). Clones made afterwards share it too.
+    #[must_use]
+    pub fn with_hold_board(mut self, board: Arc<dyn HoldBoard>) -> Self {
+        self.board = Some(board);
+        self
+    }
+
+    /// Suspends calls to `market` for `d` (never shortening a running suspension).
+    fn suspend(&self, market: Market, d: Duration) {
+        let st = &self.state[idx(market)];
+        let mut until = st.banned_until.lock().expect("ban lock");
+        let new = Instant::now() + d;
+        if until.is_none_or(|u| u < new) {
+            *until = Some(new);
+        }
+        st.recovering.store(true, Ordering::Release);
+    }
+
+    /// `Err(Banned)` while this process, or (with a board) any process, holds `market`.
+    async fn check_hold(&self, market: Market) -> Result<(), RestError> {
+        if let Some(retry_after) = self.banned_for(market) {
+            return Err(RestError::Banned {
+                market,
+                retry_after,
+            });
+        }
+        let Some(board) = &self.board else {
+            return Ok(());
+        };
+        if let Ok(Some(until)) = tokio::time::timeout(BOARD_TIMEOUT, board.held_until(market)).await
+        {
+            let left = until - wall_ms();
+            if left > 0 {
+                let retry_after = Duration::from_millis(left as u64) + jitter();
+                self.suspend(market, retry_after);
+                return Err(RestError::Banned {
+                    market,
+                    retry_after,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets a call to `market` go: at once normally; after a 429/418, one at a time (the guard
+    /// is held until the answer is in) and only while no hold has come up meanwhile.
+    async fn admit(
+        &self,
+        market: Market,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, RestError> {
+        self.check_hold(market).await?;
+        let st = &self.state[idx(market)];
+        if !st.recovering.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let guard = st.probe.clone().lock_owned().await;
+        // The call before us may have been refused again.
+        self.check_hold(market).await?;
+        Ok(st.recovering.load(Ordering::Acquire).then_some(guard))
     }
 
     /// `X-MBX-USED-WEIGHT-1M` of the last answer from `market`, if any was seen.
@@ -454,12 +569,7 @@ impl RestClient {
         path: &'static str,
         query: &[(&str, String)],
     ) -> Result<T, RestError> {
-        if let Some(retry_after) = self.banned_for(market) {
-            return Err(RestError::Banned {
-                market,
-                retry_after,
-            });
-        }
+        let _probe = self.admit(market).await?;
         let url = format!("{}{path}", self.base[idx(market)]);
         let res = self
             .http
@@ -493,12 +603,14 @@ impl RestClient {
 
         if status.as_u16() == 429 || status.as_u16() == 418 {
             let retry_after = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
-            {
-                let mut until = st.banned_until.lock().expect("ban lock");
-                let new = Instant::now() + retry_after;
-                // Never shorten a ban another caller already recorded.
-                if until.is_none_or(|u| u < new) {
-                    *until = Some(new);
+            self.suspend(market, retry_after);
+            if let Some(board) = &self.board {
+                let until = wall_ms() + retry_after.as_millis() as i64;
+                if tokio::time::timeout(BOARD_TIMEOUT, board.hold(market, until))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(%market, "REST hold not shared: the board did not answer");
                 }
             }
             metrics::counter!("pricefeed_rest_rate_limited_total", "market" => market.as_str(), "status" => status.as_u16().to_string()).increment(1);
@@ -509,6 +621,11 @@ impl RestClient {
                 retry_after,
                 api: serde_json::from_slice(&body).ok(),
             });
+        }
+        // Answered without a 429/418: the limit is behind us (unless a call sent before this
+        // one came back refused meanwhile).
+        if self.banned_for(market).is_none() {
+            st.recovering.store(false, Ordering::Release);
         }
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ApiError>(&body) {

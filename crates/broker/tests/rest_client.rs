@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use pricefeed_broker::rest_client::{Market, RestClient, RestError, Timeouts};
+use pricefeed_broker::rest_client::{
+    BoardFuture, HoldBoard, Market, RestClient, RestError, Timeouts,
+};
 use pricefeed_domain::instrument::Symbol;
 use pricefeed_exchange_sim::config::SimConfig;
 use pricefeed_runtime::shutdown::Shutdown;
@@ -316,6 +318,71 @@ async fn rate_limit_answers_suspend_calls_until_retry_after() {
         assert!(c.spot_exchange_info().await.is_err());
         assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
+}
+
+#[tokio::test]
+async fn after_a_limit_concurrent_calls_knock_one_at_a_time() {
+    let (addr, hits) = fake(429, r#"{"code":-1003,"msg":"Too many requests."}"#).await;
+    let c = client_for(addr);
+    assert!(c.spot_exchange_info().await.is_err());
+    let until = Instant::now() + Duration::from_secs(5);
+    while c.banned_for(Market::Spot).is_some() {
+        assert!(Instant::now() < until, "ban never lifted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Eight callers that all waited for the same Retry-After (a node's gap backfills do):
+    // one request goes out, is refused again, and the other seven are held without sending.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.spot_exchange_info().await.unwrap_err() })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for call in calls {
+        errors.push(call.await.unwrap());
+    }
+    let sent = errors
+        .iter()
+        .filter(|e| matches!(e, RestError::RateLimited { .. }))
+        .count();
+    assert_eq!(sent, 1, "{errors:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// A [`HoldBoard`] in memory, as the cluster's Redis one behaves.
+#[derive(Debug, Default)]
+struct MemBoard(std::sync::Mutex<std::collections::HashMap<&'static str, i64>>);
+
+impl HoldBoard for MemBoard {
+    fn held_until(&self, market: Market) -> BoardFuture<'_, Option<i64>> {
+        let v = self.0.lock().unwrap().get(market.as_str()).copied();
+        Box::pin(async move { v })
+    }
+    fn hold(&self, market: Market, until_ms: i64) -> BoardFuture<'_, ()> {
+        let mut m = self.0.lock().unwrap();
+        let e = m.entry(market.as_str()).or_default();
+        *e = (*e).max(until_ms);
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn a_limit_one_process_meets_holds_every_process_on_the_board() {
+    let (addr, hits) = fake(429, r#"{"code":-1003,"msg":"Too many requests."}"#).await;
+    let board: Arc<dyn HoldBoard> = Arc::new(MemBoard::default());
+    let a = client_for(addr).with_hold_board(board.clone());
+    let b = client_for(addr).with_hold_board(board);
+    assert!(matches!(
+        a.spot_exchange_info().await.unwrap_err(),
+        RestError::RateLimited { .. }
+    ));
+    // The other process has not met the limit itself, and sends nothing either.
+    let e = b.spot_exchange_info().await.unwrap_err();
+    assert!(matches!(e, RestError::Banned { .. }), "{e}");
+    assert!(b.banned_for(Market::Spot).is_some());
+    assert!(b.banned_for(Market::Usdm).is_none());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 //!
 //! It is how tests and operators steer the simulator at run time (faults, listing changes,
 //! kicking WS clients) and ask ground-truth questions (the exact trades of a symbol in a range),
-//! separate from the Binance routes so no real client ever hits it by accident. Errors here are
-//! our own `application/problem+json`, not Binance `{code,msg}`.
+//! separate from the Binance routes so no real client ever hits it by accident. `/control/rest`
+//! changes the REST weight limits at run time (a 429 storm) and reports what each listener
+//! answered. Errors here are our own `application/problem+json`, not Binance `{code,msg}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::json;
 use crate::catalogue::Market;
 use crate::engine::Engine;
 use crate::faults::{FaultSnapshot, FaultSpec};
+use crate::limits::WeightLimiter;
 
 /// Routes under `/control`.
 pub fn router(engine: Arc<Engine>) -> Router {
@@ -228,4 +230,68 @@ async fn stats(State(e): State<Arc<Engine>>) -> Response {
         "faultsInjected": e.faults.stats.snapshot(),
     }))
     .into_response()
+}
+
+/// The REST limiters of the market listeners, in [`Market::ALL`] order.
+pub type RestLimiters = Arc<Vec<(Market, Arc<WeightLimiter>)>>;
+
+/// Routes under `/control/rest`: each listener's weight limit and what it answered.
+///
+/// - `GET /control/rest`: `{spot|futures|options: {limit, configured_limit, window_ms,
+///   ban_after, ban_ms, stats: {requests, ok, limited, banned, early_ip, early_conn, comebacks},
+///   comeback_margin_ms: {min, max} | null}}`;
+/// - `PUT /control/rest/limits` `{"weight_limit": N, "market": "spot"}` (`market` optional =
+///   every listener): the limit per window from now on; 0 answers every request with 429;
+/// - `DELETE /control/rest/limits`: the configured limits again (running bans stay).
+pub fn rest_router(limiters: RestLimiters) -> Router {
+    Router::new()
+        .route("/control/rest", get(rest_stats))
+        .route("/control/rest/limits", put(put_limits).delete(clear_limits))
+        .with_state(limiters)
+}
+
+fn describe(l: &RestLimiters) -> serde_json::Value {
+    serde_json::Value::Object(
+        l.iter()
+            .map(|(m, lim)| (m.as_str().to_string(), lim.describe()))
+            .collect(),
+    )
+}
+
+async fn rest_stats(State(l): State<RestLimiters>) -> Json<serde_json::Value> {
+    Json(describe(&l))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    weight_limit: u64,
+    #[serde(default)]
+    market: Option<String>,
+}
+
+async fn put_limits(
+    State(l): State<RestLimiters>,
+    Json(b): Json<LimitsBody>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let only =
+        match b.market.as_deref() {
+            None => None,
+            Some(m) => Some(Market::parse(m).ok_or_else(|| {
+                Problem::bad_request("market", "must be spot, futures or options")
+            })?),
+        };
+    for (m, lim) in l.iter() {
+        if only.is_none_or(|o| o == *m) {
+            lim.set_limit(Some(b.weight_limit));
+        }
+    }
+    Ok(Json(describe(&l)))
+}
+
+async fn clear_limits(State(l): State<RestLimiters>) -> Json<serde_json::Value> {
+    for (_, lim) in l.iter() {
+        lim.set_limit(None);
+    }
+    Json(describe(&l))
 }

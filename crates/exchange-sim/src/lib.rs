@@ -66,6 +66,7 @@ pub async fn start(cfg: SimConfig, shutdown: &Shutdown) -> anyhow::Result<Handle
     let timeout = Duration::from_secs(10);
 
     let mut market_addrs = Vec::new();
+    let mut limiters = Vec::new();
     for (market, addr) in [
         (Market::Spot, cfg.spot_bind),
         (Market::Futures, cfg.futures_bind),
@@ -78,6 +79,7 @@ pub async fn start(cfg: SimConfig, shutdown: &Shutdown) -> anyhow::Result<Handle
             cfg.rest_ban_after,
             cfg.rest_ban_ms,
         ));
+        limiters.push((market, limiter.clone()));
         let rest_state = rest::RestState {
             engine: engine.clone(),
             market,
@@ -96,7 +98,9 @@ pub async fn start(cfg: SimConfig, shutdown: &Shutdown) -> anyhow::Result<Handle
 
     let readiness = Readiness::new(shutdown.clone());
     let router = with_common_layers(
-        control::router(engine.clone()).merge(ops::router(readiness)),
+        control::router(engine.clone())
+            .merge(control::rest_router(Arc::new(limiters)))
+            .merge(ops::router(readiness)),
         timeout,
     );
     let (listener, control) = bind(cfg.control_bind).await?;

@@ -153,7 +153,7 @@ async fn weigh(
     next: Next,
 ) -> Response {
     let w = weight(st.market, req.uri().path(), req.uri().query());
-    let verdict = st.limiter.charge(peer.ip(), w, now_ms());
+    let verdict = st.limiter.charge_from(peer, w, now_ms());
     match verdict {
         Verdict::Ok { used } => {
             let mut res = next.run(req).await;

@@ -56,7 +56,11 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     .await?;
 
     let rest = pricefeed_broker::rest_client::RestClient::from_config(&cfg.broker)
-        .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?
+        .with_hold_board(Arc::new(pricefeed_store::rest_hold::RedisHoldBoard::new(
+            redis.clone(),
+            Keys::new(&cfg.redis.key_prefix),
+        )));
     let ingest = crate::ingest::start(
         crate::ingest::IngestDeps {
             node_id: node_id.clone(),

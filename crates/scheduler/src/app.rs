@@ -68,7 +68,11 @@ pub async fn start(
         tracing::info!(holder = %holder, "contending for the scheduler lease");
         let rebalance_now = Arc::new(tokio::sync::Notify::new());
         let client = pricefeed_broker::rest_client::RestClient::from_config(&cfg.broker)
-            .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?
+            .with_hold_board(Arc::new(pricefeed_store::rest_hold::RedisHoldBoard::new(
+                redis.clone(),
+                Keys::new(&cfg.redis.key_prefix),
+            )));
         let syncer = Syncer {
             client,
             db: db.clone(),
@@ -121,7 +125,11 @@ pub async fn start(
     if role == Role::Worker {
         telemetry::metrics_handle();
         let client = pricefeed_broker::rest_client::RestClient::from_config(&cfg.broker)
-            .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("broker REST client: {e}"))?
+            .with_hold_board(Arc::new(pricefeed_store::rest_hold::RedisHoldBoard::new(
+                redis.clone(),
+                Keys::new(&cfg.redis.key_prefix),
+            )));
         let holder = holder_id();
         // Job handlers, one line each.
         let handlers: Vec<Arc<dyn JobHandler>> = vec![

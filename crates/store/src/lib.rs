@@ -14,6 +14,7 @@
 //!   VWAP history, and the storage side of REST reconciliation.
 //! - [`jobs`]: background jobs claimed by workers (`FOR UPDATE SKIP LOCKED` + lease + fence).
 //! - [`protocol`]: every Redis key, channel and payload of the cluster.
+//! - [`rest_hold`]: the board that shares broker REST holds (after a 429/418) across processes.
 
 pub mod alerts;
 pub mod assignment;
@@ -27,6 +28,7 @@ pub mod pg;
 pub mod protocol;
 pub mod redis_conn;
 pub mod registry;
+pub mod rest_hold;
 pub mod sync;
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //! | `{p}:instruments:changed` | channel | scheduler | [`InstrumentsChanged`] JSON |
 //! | `{p}:prices` | hash | owning node | `market:SYMBOL` → [`PriceDoc`] JSON |
 //! | `{p}:ticks` | channel | owning node | JSON array of [`PriceDoc`] per flush |
+//! | `{p}:rest_hold:{market}` | string, TTL | any process | ms until which broker REST calls wait (after a 429/418) |
 //! | `{p}:vwap` | hash | owning node | `market:SYMBOL:5m` → [`VwapDoc`] JSON |
 //! | `{p}:vwap:ticks` | channel | owning node | JSON array of [`VwapDoc`] per publication |
 //! | `{p}:stats` | hash | owning node | `market:SYMBOL` → [`StatsDoc`] JSON |
@@ -153,6 +154,11 @@ impl Keys {
     /// Set by an admin to make the scheduler leader sync instruments now (it deletes it).
     pub fn sync_requested(&self) -> String {
         self.k("sync:requested")
+    }
+    /// Until when (ms since the epoch) every process holds its REST calls to `market` after a
+    /// 429/418 (`rest_hold`).
+    pub fn rest_hold(&self, market: &str) -> String {
+        self.k(&format!("rest_hold:{market}"))
     }
     /// Counter of a fixed-window rate limit (`name` = what is limited, `id` = who).
     pub fn rate_limit(&self, name: &str, id: &str, window: i64) -> String {

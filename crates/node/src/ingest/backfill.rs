@@ -3,8 +3,10 @@
 //!
 //! Bounded: at most `backfill_concurrency` gaps are fetched at once per node; each page is at
 //! most 1000 ids. Within the REST weight budget: the REST client refuses to send while a
-//! 429/418 ban is running (we wait it out), and we pause while the minute's used weight is above
-//! [`WEIGHT_PAUSE_AT`] so live backfills never push the IP into a ban.
+//! 429/418 ban is running (we wait it out, however long: that is not a failure, and the gap
+//! stays open only when the broker no longer has its trades or other errors persist), and we
+//! pause while the minute's used weight is above [`WEIGHT_PAUSE_AT`] so live backfills never
+//! push the IP into a ban.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,16 +144,24 @@ async fn fill(job: GapJob, history: &dyn TradeHistory, core: &Mutex<Core>) {
                 tracing::warn!(key = %job.key, from, end, error = e.msg, "backfill impossible; gap left open");
                 return;
             }
+            // A 429/418 (or a hold another process recorded) says when to come back: waiting
+            // for it is not a failure. Counting it as one gave a gap up after six refusals,
+            // i.e. after a ~30-s limit, though the broker still had every trade of it.
+            Err(HistoryError {
+                retry_after: Some(wait),
+                ..
+            }) => {
+                metrics::counter!("pricefeed_backfill_held_total", "market" => market.as_str())
+                    .increment(1);
+                tokio::time::sleep(wait).await;
+            }
             Err(e) => {
                 failures += 1;
                 if failures > 5 {
                     tracing::warn!(key = %job.key, from, end, error = e.msg, "backfill gave up after retries; gap left open");
                     return;
                 }
-                let wait = e
-                    .retry_after
-                    .unwrap_or(Duration::from_millis(250 << failures.min(6)));
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(Duration::from_millis(250 << failures.min(6))).await;
             }
         }
     }
