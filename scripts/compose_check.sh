@@ -33,6 +33,7 @@ APP_IMAGE="local/pricefeed:$PROJECT"
 STATE=$(mktemp -d /var/tmp/pricefeed-compose-check.XXXXXX)
 PREBUILT_DIR=target/compose-bin
 DOCKERD_PID=""
+NEW_BRIDGE=""
 DOCKER_UP=""
 UP_DONE=""
 
@@ -125,6 +126,7 @@ cleanup() {
       kill "$DOCKERD_PID" 2>/dev/null
       for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
       kill -0 "$DOCKERD_PID" 2>/dev/null && { warn "dockerd did not stop in 30 s; sending SIGKILL"; kill -9 "$DOCKERD_PID"; }
+      [ -n "$NEW_BRIDGE" ] && ip link show docker0 >/dev/null 2>&1 && as_root ip link delete docker0
     fi
   fi
   # An interrupted debootstrap can leave /proc or /sys mounted inside the root file system.
@@ -148,8 +150,10 @@ else
   step "starting dockerd (log: $STATE/dockerd.log)"
   # Started directly (not through a function, whose `&` would fork a subshell) so that $! is
   # dockerd itself (or sudo, which passes the signal on).
-  if [ "$(id -u)" = 0 ]; then dockerd >"$STATE/dockerd.log" 2>&1 &
-  else command -v sudo >/dev/null 2>&1 || die "need root to start dockerd"; sudo dockerd >"$STATE/dockerd.log" 2>&1 &
+  # The docker0 bridge it creates is removed again at the end if it was not there before.
+  ip link show docker0 >/dev/null 2>&1 || NEW_BRIDGE=1
+  if [ "$(id -u)" = 0 ]; then dockerd >"$STATE/dockerd.log" 2>&1 3>&- 4>&- &
+  else command -v sudo >/dev/null 2>&1 || die "need root to start dockerd"; sudo dockerd >"$STATE/dockerd.log" 2>&1 3>&- 4>&- &
   fi
   DOCKERD_PID=$!
   wait_until "dockerd" 60 "$DOCKER" info || { tail -20 "$STATE/dockerd.log" >&2; die "dockerd did not come up within 60 s"; }
@@ -232,7 +236,7 @@ standin mailsink "$STATE/mailsink";             export PRICEFEED_MAILSINK_IMAGE=
 # --- 3. binaries and the project image -------------------------------------------------------
 b0=$SECONDS
 step "cargo build --release (pricefeed-node, pricefeed-scheduler, pricefeed-sim) into $CARGO_TARGET_DIR"
-cargo build --release --locked -q -p pricefeed-node -p pricefeed-scheduler -p pricefeed-exchange-sim --bins \
+cargo build --release --locked -q -p pricefeed-node -p pricefeed-scheduler -p pricefeed-exchange-sim --bin pricefeed-node --bin pricefeed-scheduler --bin pricefeed-sim \
   || die "cargo build --release failed"
 mark "release build" "$b0"
 rm -rf "$PREBUILT_DIR"; mkdir -p "$PREBUILT_DIR"
