@@ -6,7 +6,10 @@
 - every PRICEFEED__* variable is a real configuration key (present in config/env.sample, which in
   turn must document every key of config/default.toml);
 - health checks and broker URLs use the ports the services actually bind;
-- the load balancer forwards to the port the nodes listen on.
+- the load balancer forwards to the port the nodes listen on;
+- every image is a `${PRICEFEED_*_IMAGE:-default}` variable and every published port a
+  `${PRICEFEED_*_PORT:-default}` one, so `./dev compose-check` can run this same file with
+  stand-in images and loopback ports (checks below use the defaults).
 Exits non-zero with one line per problem.
 """
 import pathlib
@@ -62,9 +65,31 @@ def port_of(addr):
     m = re.search(r":(\d+)$", addr)
     return int(m.group(1)) if m else None
 
+VAR = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def default_of(value, kind):
+    """The value with every `${NAME:-default}` replaced by its default; NAME must be PRICEFEED_*_KIND."""
+    for m in VAR.finditer(value):
+        if not (m.group(1).startswith("PRICEFEED_") and m.group(1).endswith("_" + kind)):
+            fail(f"{value}: variable {m.group(1)} should be named PRICEFEED_*_{kind}")
+    return VAR.sub(lambda m: m.group(2), value)
+
+
+images = {}
+for name, svc in compose["services"].items():
+    image = svc.get("image", "")
+    if not VAR.fullmatch(image):
+        fail(f"service {name}: image {image!r} is not a ${{PRICEFEED_*_IMAGE:-default}} variable")
+    images[name] = default_of(image, "IMAGE")
+    for port in svc.get("ports", []):
+        if not re.fullmatch(r"\$\{\w+:-\d+\}:\d+", str(port)):
+            fail(f"service {name}: published port {port!r} is not \"${{PRICEFEED_*_PORT:-N}}:N\"")
+        default_of(str(port), "PORT")
+
 binds = {}
 for name, svc in compose["services"].items():
-    if svc.get("image", "").startswith("pricefeed"):
+    if images[name].startswith("pricefeed"):
         cmd = svc.get("command") or ["pricefeed-node"]
         binary, sub = cmd[0], (cmd[1] if len(cmd) > 1 else None)
         if binary not in bins:

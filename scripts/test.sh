@@ -5,6 +5,7 @@
 #   3. unit, integration (real Postgres/Redis; one database per test) and end-to-end tests
 #      across processes, with cargo-nextest (cargo test when nextest is missing)
 #   4. Python checks in a venv: docker compose validation, third-party Binance clients
+#   5. with PRICEFEED_COMPOSE_CHECK=1: the compose stack run for real (./dev compose-check)
 #   (the venv also provides aiosmtpd, the SMTP server of the email delivery tests)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -73,3 +74,10 @@ step "docker compose validation"
 
 step "Python tests (third-party Binance clients against the simulator)"
 "$PF_VENV/bin/python" -m pytest -q tests/python || die "Python tests failed"
+
+# Off by default: it builds release binaries and Docker images and takes minutes
+# (docs/compose-smoke.md has its figures).
+if [ "${PRICEFEED_COMPOSE_CHECK:-}" = 1 ]; then
+  step "compose smoke check (PRICEFEED_COMPOSE_CHECK=1): docker/compose.yaml run for real"
+  "$PF_ROOT/scripts/compose_check.sh" || die "compose smoke check failed"
+fi
