@@ -37,7 +37,7 @@ pg_bindir() {
 }
 
 # Installs what the cluster and tests need when missing: Postgres, Redis, Node.js (mail sink),
-# Python venv support, curl, and for the tests (PF_NEED_BROWSER=1) Chromium for the page test and
+# Python venv support, curl, jq, and for the tests (PF_NEED_BROWSER=1) Chromium for the page test and
 # Prometheus for the dashboard-query test.
 ensure_system_deps() {
   local pkgs=()
@@ -45,6 +45,8 @@ ensure_system_deps() {
   command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
   command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+  # docs/api-guide.md's examples pipe through jq, and tests/docs_live.rs runs them.
+  command -v jq >/dev/null 2>&1 || pkgs+=(jq)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::faults::FaultSpec;
 
 /// Everything `pricefeed-sim` reads.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SimFile {
     #[serde(default)]
     pub sim: SimConfig,
@@ -31,8 +31,9 @@ impl Validate for SimFile {
     }
 }
 
-/// `[sim]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[sim]`: the simulated exchange: listeners, catalogue, trade rates, price walk, the
+/// exchange's limits and the faults in effect at start.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
     /// Seed of the catalogue, every price walk and every fault decision.
@@ -42,8 +43,11 @@ pub struct SimConfig {
     /// as an exchange never reuses one (a symbol must have averaged under 1 000 trades/s).
     /// `false`: ids depend on the seed alone (the same ids on every run, for replays).
     pub ids_follow_clock: bool,
+    /// Spot REST and WebSocket listener (port 0 picks a free one; `--ports-file` tells it).
     pub spot_bind: SocketAddr,
+    /// USD-M futures REST and WebSocket listener.
     pub futures_bind: SocketAddr,
+    /// Options REST and WebSocket listener.
     pub options_bind: SocketAddr,
     /// Ops routes and the `/control` API.
     pub control_bind: SocketAddr,
@@ -61,6 +65,7 @@ pub struct SimConfig {
 
     /// The first N underlyings' spot pair and perpetual trade at `hot_rate_per_sec`.
     pub hot_symbols: u32,
+    /// Trades per second of each hot instrument.
     pub hot_rate_per_sec: f64,
     /// Every other tradable instrument's rate, in trades per minute.
     pub tail_rate_per_min: f64,
@@ -81,11 +86,14 @@ pub struct SimConfig {
 
     /// Load mode: the first `load_symbols` spot pairs share `load_rate` trades/s between them.
     pub load_mode: bool,
+    /// Trades per second shared by the load-mode symbols.
     pub load_rate: f64,
+    /// How many spot pairs carry the load.
     pub load_symbols: u32,
 
     /// REST request-weight budget per IP and window.
     pub rest_weight_limit: u64,
+    /// The window of `rest_weight_limit`.
     pub rest_weight_window_ms: u64,
     /// Requests sent while already limited (after a 429) before the IP is banned with 418.
     pub rest_ban_after: u32,
@@ -94,7 +102,9 @@ pub struct SimConfig {
 
     /// Incoming WS messages (any frame) allowed per rolling second; one more closes with 1008.
     pub ws_max_msgs_per_sec: u32,
+    /// Streams one connection may subscribe (the exchange allows 1024).
     pub ws_max_streams: usize,
+    /// Server ping period.
     pub ws_ping_interval_ms: u64,
     /// Disconnect when no pong echoing a recent ping arrived for this long.
     pub ws_pong_timeout_ms: u64,
@@ -112,7 +122,7 @@ pub struct SimConfig {
 }
 
 /// `[sim.faults]`: a global spec and per-symbol specs (a symbol spec replaces the global one).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultsConfig {
     pub global: FaultSpec,

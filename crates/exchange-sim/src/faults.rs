@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// Rates (0.0–1.0, per delivered event) and parameters of each fault kind.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultSpec {
     /// Event silently not sent.
@@ -30,11 +30,13 @@ pub struct FaultSpec {
     /// Starts a silent stall: the affected events (the symbol's, or all for a global spec) are
     /// swallowed for `stall_ms` while the socket stays open and pings continue.
     pub stall: f64,
+    /// Length of one stall.
     pub stall_ms: u64,
     /// The TCP connection is dropped without a close frame.
     pub disconnect: f64,
     /// Event delivered `delay_ms` late (later events overtake it).
     pub delay: f64,
+    /// How late a delayed event is delivered.
     pub delay_ms: u64,
 }
 

@@ -14,7 +14,7 @@ use crate::live::LiveConfig;
 use crate::stream::StreamConfig;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeConfig {
     pub node: NodeSection,
     pub database: DatabaseConfig,
@@ -41,7 +41,8 @@ pub struct NodeConfig {
     pub shutdown: ShutdownConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[node]`: the API node's identity, listener and cluster membership, and its subsystems.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// Registry identity; empty means hostname plus a random suffix.
@@ -70,7 +71,7 @@ pub struct NodeSection {
 }
 
 /// `[node.feed]`: broker WebSocket connections, trade ingest and latest-price publishing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeedConfig {
     /// Streams per connection on spot and USD-M (the exchange allows 1024).
@@ -91,6 +92,7 @@ pub struct FeedConfig {
     pub handover_grace_ms: u64,
     /// Reconnect backoff: first delay ceiling, doubling up to the max; equal jitter.
     pub reconnect_backoff_min_ms: u64,
+    /// Ceiling of the reconnect backoff.
     pub reconnect_backoff_max_ms: u64,
     /// A connection that stayed up this long resets the backoff (so does one that delivered
     /// trades).
@@ -99,6 +101,7 @@ pub struct FeedConfig {
     /// `connect_budget_window_ms` (the exchange allows 300 per 5 minutes per IP, shared by every
     /// process behind that IP).
     pub connect_budget: usize,
+    /// The window of `connect_budget`.
     pub connect_budget_window_ms: u64,
     /// Proactive replacement (with overlap) before the exchange's 24 h cut.
     pub max_lifetime_ms: u64,

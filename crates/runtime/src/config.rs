@@ -154,7 +154,7 @@ fn env_file_layer(path: &Path) -> Result<Figment, ConfigError> {
 }
 
 /// `[http]`-style listener settings (each binary has its own section).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to bind, e.g. `127.0.0.1:8080`; port 0 picks a free port.
@@ -181,11 +181,13 @@ impl HttpConfig {
 }
 
 /// `[database]`: Postgres connection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:port/db`; the password never reaches logs.
     pub url: crate::secret::SecretUrl,
+    /// Connections in this process's pool (every binary has its own pool; mind Postgres's
+    /// `max_connections` across all processes).
     #[serde(default = "default_pool_size")]
     pub max_connections: u32,
     /// How long to wait for a connection before giving up, in milliseconds.
@@ -226,7 +228,7 @@ impl Validate for DatabaseConfig {
 }
 
 /// `[redis]`: Redis connection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port/db`; RESP3 is added for pub/sub where needed; a password never
@@ -242,7 +244,7 @@ pub struct RedisConfig {
 }
 
 /// `[redis.sentinel]`: where the sentinels are and which primary to ask them for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SentinelConfig {
     /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
@@ -336,7 +338,7 @@ impl Validate for RedisConfig {
 }
 
 /// `[telemetry]`: logging format and level.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// `human` or `json`.
@@ -360,7 +362,9 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -377,9 +381,11 @@ impl Validate for TelemetryConfig {
 }
 
 /// `[shutdown]`: how long draining may take before tasks are abandoned.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
+    /// How long in-flight requests and tasks may take to finish after SIGTERM/SIGINT before
+    /// they are abandoned.
     #[serde(default = "default_drain_ms")]
     pub drain_timeout_ms: u64,
 }
@@ -410,14 +416,20 @@ impl Validate for ShutdownConfig {
 
 /// `[broker]`: where market data comes from. The defaults point at the local exchange simulator;
 /// switching to the real exchange is a change of these URLs only.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
+    /// Spot REST base (`exchangeInfo`, `historicalTrades`); the exchange: `https://api.binance.com`.
     pub spot_rest_url: String,
+    /// Spot WebSocket base (trade streams); the exchange: `wss://stream.binance.com:9443`.
     pub spot_ws_url: String,
+    /// USD-M futures REST base; the exchange: `https://fapi.binance.com`.
     pub futures_rest_url: String,
+    /// USD-M futures WebSocket base; the exchange: `wss://fstream.binance.com`.
     pub futures_ws_url: String,
+    /// Options REST base; the exchange: `https://eapi.binance.com`.
     pub options_rest_url: String,
+    /// Options WebSocket base; the exchange: `wss://nbstream.binance.com/eoptions`.
     pub options_ws_url: String,
     /// TCP connect timeout of REST calls.
     #[serde(default = "default_rest_connect_timeout_ms")]

@@ -3,7 +3,9 @@
 //! - [`cli`]: the command-line flags and `main` lifecycle every binary shares.
 //! - [`config`]: typed configuration from `config/default.toml`, an optional env file and
 //!   `PRICEFEED__SECTION__KEY` overrides, validated with errors that name the key.
+//! - [`config_reference`]: `docs/configuration.md`, rendered from the config types' schemas.
 //! - [`telemetry`]: tracing subscriber (human or JSON) and the Prometheus recorder.
+//! - [`metric_catalogue`]: every exported metric (name, type, labels, meaning); `docs/metrics.md`.
 //! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the readiness registry behind them.
 //! - [`process`]: the process gauges (memory, descriptors, threads, CPU, tokio tasks) `/metrics`
 //!   reports.
@@ -14,7 +16,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_reference;
 pub mod http;
+pub mod metric_catalogue;
 pub mod ops;
 pub mod problem;
 pub mod process;

@@ -100,6 +100,32 @@ impl<'de> Deserialize<'de> for SecretUrl {
     }
 }
 
+// Configuration reference: both are strings; `format` tells the reader the value is kept secret
+// (docs/configuration.md is rendered from these schemas).
+impl schemars::JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "secret"})
+    }
+}
+
+impl schemars::JsonSchema for SecretUrl {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretUrl".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "secret-url"})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

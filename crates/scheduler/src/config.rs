@@ -12,7 +12,7 @@ use crate::email::config::EmailConfig;
 use crate::reconcile::ReconcileConfig;
 use crate::worker::WorkerSection;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SchedulerConfig {
     pub scheduler: SchedulerSection,
     pub worker: WorkerSection,
@@ -38,7 +38,7 @@ pub struct SchedulerConfig {
 }
 
 /// `[scheduler]`: the leader-elected role.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerSection {
     /// Ops listener (`/livez`, `/readyz`, `/metrics`).

@@ -42,7 +42,7 @@ use crate::live::tap::LiveTap;
 use tap::{AlertTap, Load, Pending};
 
 /// `[alerts]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// Alerts one user may have (any status).

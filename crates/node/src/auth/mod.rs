@@ -21,12 +21,14 @@ pub enum Role {
 }
 
 /// `[auth]`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HS256 signing key of access tokens: at least 32 bytes, the same on every node.
     pub jwt_secret: Secret,
+    /// `iss` claim of issued tokens; a token with another issuer is refused.
     pub issuer: String,
+    /// `aud` claim of issued tokens; a token for another audience is refused.
     pub audience: String,
     /// Lifetime of an access token.
     pub access_ttl_ms: u64,

@@ -37,7 +37,7 @@ use crate::ingest::state::Core;
 use tap::{LiveTap, Load};
 
 /// `[node.live]`: publication of live values.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LiveConfig {
     /// Changed VWAPs are published this often.

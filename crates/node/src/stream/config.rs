@@ -8,7 +8,7 @@
 use pricefeed_runtime::config::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
     /// Concurrent client connections per node; more are refused with 503.

@@ -11,7 +11,7 @@ use pricefeed_runtime::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Transport security towards the relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// Plain SMTP (a local sink or a relay on a trusted network only).
@@ -23,11 +23,12 @@ pub enum TlsMode {
 }
 
 /// `[email]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmailConfig {
     /// Relay host name (also the name its TLS certificate must carry).
     pub host: String,
+    /// Relay port (25, 587 with `starttls`, 465 with `tls`; 1025 is the `./dev up` mail sink).
     pub port: u16,
     pub tls: TlsMode,
     /// SMTP AUTH user; empty = no authentication.
@@ -45,6 +46,7 @@ pub struct EmailConfig {
     pub max_attempts: u32,
     /// Retry delay before attempt n+1 is uniform in [0, min(cap, base · 2^(n-1))] (full jitter).
     pub backoff_base_ms: u64,
+    /// Upper bound of that retry delay.
     pub backoff_cap_ms: u64,
     /// SMTP connections kept open per worker.
     pub pool_size: u32,

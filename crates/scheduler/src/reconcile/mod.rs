@@ -50,7 +50,7 @@ use crate::worker::{JobHandler, JobOutcome};
 use truth::{Pacer, Page, Truth};
 
 /// `[reconcile]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
     /// A caught-up instrument is checked again after this; with `settle_ms` it bounds the lag

@@ -7,14 +7,17 @@ use pricefeed_runtime::config::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
 /// `[vwap]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct VwapConfig {
     /// Rolling VWAP intervals kept live and stored (`1m`, `5m`, `15m`, `1h`, …; at most `1d`).
+    #[schemars(with = "Vec<pricefeed_runtime::config_reference::SpanText>")]
     pub intervals: Vec<Span>,
     /// The interval used when a request names none.
+    #[schemars(with = "pricefeed_runtime::config_reference::SpanText")]
     pub default_interval: Span,
     /// Stored VWAP history: one point per interval at every multiple of this.
+    #[schemars(with = "pricefeed_runtime::config_reference::SpanText")]
     pub history_cadence: Span,
 }
 
@@ -67,7 +70,7 @@ impl Validate for VwapConfig {
 
 /// `[retention]`: days each history table keeps, enforced by the scheduler with whole-day
 /// partition drops.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Raw trades.

@@ -46,7 +46,7 @@ use super::partitions::{KnownDays, Table};
 use super::spill::Spill;
 
 /// `[trades]`: the trade-history writer of a node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TradesConfig {
     /// Rows per INSERT.
