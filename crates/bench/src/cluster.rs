@@ -425,25 +425,52 @@ pub fn run_dir(sub: &str) -> PathBuf {
     std::env::temp_dir().join(format!("pricefeed-bench-{sub}-{}-{t}", std::process::id()))
 }
 
-/// The workspace root: the working directory when it holds `config/default.toml` (a build
-/// directory outside the repository, like `./dev`'s, then still works), else guessed from the
-/// binary location (`<root>/target/release/…`).
-pub fn guess_root(bin_dir: &Path) -> PathBuf {
-    if let Ok(cwd) = std::env::current_dir()
-        && cwd.join("config/default.toml").exists()
-    {
-        return cwd;
-    }
-    bin_dir
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+/// The base configuration, `config/default.toml` of the workspace: the first one found walking
+/// up from the working directory (so a build directory outside the repository, like `./dev`'s
+/// default, works from anywhere inside the repository), else walking up from the binary's
+/// directory (`<root>/target/release/…`). `None` when neither has one: `--config` is needed.
+pub fn find_config(cwd: Option<&Path>, bin_dir: &Path) -> Option<PathBuf> {
+    cwd.into_iter()
+        .flat_map(Path::ancestors)
+        .chain(bin_dir.ancestors())
+        .map(|d| d.join("config/default.toml"))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pf-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn config_is_found_walking_up_from_the_working_directory_then_the_binary() {
+        let root = scratch("cfg");
+        let repo = root.join("repo");
+        let deep = repo.join("crates/bench/src");
+        let bin = root.join("build/release");
+        let other = root.join("elsewhere");
+        for d in [&deep, &bin, &repo.join("config"), &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let cfg = repo.join("config/default.toml");
+        std::fs::write(&cfg, "").unwrap();
+        // Build dir outside the repository: found from the repo root and from below it.
+        assert_eq!(find_config(Some(&repo), &bin), Some(cfg.clone()));
+        assert_eq!(find_config(Some(&deep), &bin), Some(cfg.clone()));
+        // Outside the repository, only the binary's location can tell.
+        assert_eq!(find_config(Some(&other), &bin), None);
+        let in_tree = repo.join("target/release");
+        std::fs::create_dir_all(&in_tree).unwrap();
+        assert_eq!(find_config(Some(&other), &in_tree), Some(cfg.clone()));
+        assert_eq!(find_config(None, &in_tree), Some(cfg));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn prom_sum_adds_label_sets_only_of_that_name() {

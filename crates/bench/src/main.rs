@@ -44,7 +44,8 @@ struct Cli {
     /// Directory of the release binaries (default: this binary's directory).
     #[arg(long, global = true)]
     bin_dir: Option<PathBuf>,
-    /// Base configuration (default: `<workspace>/config/default.toml`).
+    /// Base configuration (default: the first `config/default.toml` walking up from the working
+    /// directory, then from the binary's directory).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Keep the run directory (logs, Postgres data) even when the run succeeds.
@@ -175,10 +176,23 @@ async fn main() -> ExitCode {
             .and_then(|p| p.parent().map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("target/release"))
     });
-    let config = cli
+    let config = match cli
         .config
         .clone()
-        .unwrap_or_else(|| cluster::guess_root(&bin_dir).join("config/default.toml"));
+        .or_else(|| cluster::find_config(std::env::current_dir().ok().as_deref(), &bin_dir))
+    {
+        Some(c) => c,
+        // These two start no cluster.
+        None if matches!(cli.cmd, Cmd::HttpStack(_) | Cmd::AlertIndex(_)) => PathBuf::new(),
+        None => {
+            eprintln!(
+                "pricefeed-bench: no config/default.toml above the working directory or {}; \
+                 run it from the repository or pass --config",
+                bin_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let sub = match &cli.cmd {
         Cmd::E2e(_) => "e2e",
         Cmd::Latency(_) => "latency",

@@ -209,10 +209,10 @@ pub async fn run(env: &Env, a: &Args) -> anyhow::Result<Table> {
     t.row("node owning the symbol (local state)", fmt(&local));
     t.row("other node (price cache, Redis on a miss)", fmt(&remote));
     t.verdict(format!(
-        "target ratio ≥ 0.60: owner {} ({:.2}), other node {} ({:.2}); p99 ≤ 10 ms: owner {}, other node {}",
-        yes(local.rps / bare.rps >= 0.6),
+        "target ratio ≥ 0.80: owner {} ({:.2}), other node {} ({:.2}); p99 ≤ 10 ms: owner {}, other node {}",
+        yes(local.rps / bare.rps >= 0.8),
         local.rps / bare.rps,
-        yes(remote.rps / bare.rps >= 0.6),
+        yes(remote.rps / bare.rps >= 0.8),
         remote.rps / bare.rps,
         yes(local.p99_ms <= 10.0 && local.non_2xx == 0),
         yes(remote.p99_ms <= 10.0 && remote.non_2xx == 0),

@@ -10,7 +10,7 @@ use pricefeed_runtime::{http, ops, problem, shutdown::Shutdown, telemetry};
 use crate::config::NodeConfig;
 use crate::live_cache::{PriceCache, VwapCache};
 use crate::membership::Membership;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use pricefeed_store::history::InstrumentIds;
 use pricefeed_store::history::writer::TradeWriter;
 use pricefeed_store::protocol::Keys;
@@ -144,7 +144,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
         keys.alert_events(),
         shutdown,
     );
-    let state = AppState {
+    let state = AppState::new(Shared {
         db,
         node_id: Arc::from(node_id.as_str()),
         redis,
@@ -168,7 +168,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
                 .map_err(|e| anyhow::anyhow!("password hashing unusable: {e}"))?
                 .as_str(),
         ),
-    };
+    });
     let router = build_router(state, readiness, cfg);
     telemetry::spawn_upkeep(shutdown);
     http::spawn_server(listener, router, shutdown);

@@ -26,9 +26,9 @@ use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create, list))
-        .routes(routes!(get_one, patch, delete))
-        .routes(routes!(notifications))
+        .routes(crate::api::v1(routes!(create, list)))
+        .routes(crate::api::v1(routes!(get_one, patch, delete)))
+        .routes(crate::api::v1(routes!(notifications)))
 }
 
 /// Re-arming after a firing (omit for a one-shot alert).

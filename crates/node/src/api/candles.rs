@@ -28,7 +28,7 @@ use crate::state::AppState;
 pub const MAX_CANDLES: i64 = 1_500;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_candles))
+    OpenApiRouter::new().routes(crate::api::v1(routes!(get_candles)))
 }
 
 /// [`CANDLE_INTERVALS`], the lengths the document lists.

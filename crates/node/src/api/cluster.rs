@@ -31,8 +31,8 @@ const DEFAULT_DEAD_AFTER_MS: u64 = 3_000;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(cluster))
-        .routes(routes!(reconcile))
+        .routes(crate::api::v1(routes!(cluster)))
+        .routes(crate::api::v1(routes!(reconcile)))
 }
 
 /// How far REST reconciliation has confirmed history.

@@ -15,7 +15,7 @@ use crate::ingest::state::{InstrumentStats, NodeCounters};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(ingest))
+    OpenApiRouter::new().routes(crate::api::v1(routes!(ingest)))
 }
 
 /// One broker WS connection.

@@ -27,9 +27,9 @@ const MAX_EXPIRY_MS: i64 = 253_402_300_799_999;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list_underlyings))
-        .routes(routes!(get_underlying))
-        .routes(routes!(list_derivatives))
+        .routes(crate::api::v1(routes!(list_underlyings)))
+        .routes(crate::api::v1(routes!(get_underlying)))
+        .routes(crate::api::v1(routes!(list_derivatives)))
 }
 
 /// An underlying (spot pair).

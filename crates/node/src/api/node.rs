@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(node_info))
+    OpenApiRouter::new().routes(crate::api::v1(routes!(node_info)))
 }
 
 /// Identity of the node that served the request.

@@ -30,8 +30,8 @@ pub const MAX_BATCH: usize = 500;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(get_price))
-        .routes(routes!(get_prices))
+        .routes(crate::api::v1(routes!(get_price)))
+        .routes(crate::api::v1(routes!(get_prices)))
 }
 
 /// The latest trade of one instrument.

@@ -27,8 +27,8 @@ use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(get_stats))
-        .routes(routes!(list_stats))
+        .routes(crate::api::v1(routes!(get_stats)))
+        .routes(crate::api::v1(routes!(list_stats)))
 }
 
 /// An instrument's place in its group.

@@ -39,8 +39,8 @@ const MAX_PROVISIONAL: i64 = 120;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(get_vwap))
-        .routes(routes!(get_vwap_history))
+        .routes(crate::api::v1(routes!(get_vwap)))
+        .routes(crate::api::v1(routes!(get_vwap_history)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

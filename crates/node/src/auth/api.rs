@@ -29,11 +29,11 @@ use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(register))
-        .routes(routes!(token))
-        .routes(routes!(refresh))
-        .routes(routes!(logout))
-        .routes(routes!(admin_sync))
+        .routes(crate::api::v1(routes!(register)))
+        .routes(crate::api::v1(routes!(token)))
+        .routes(crate::api::v1(routes!(refresh)))
+        .routes(crate::api::v1(routes!(logout)))
+        .routes(crate::api::v1(routes!(admin_sync)))
 }
 
 /// Registration or login.

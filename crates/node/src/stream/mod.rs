@@ -84,7 +84,7 @@ impl crate::pubsub::Listener for AlertFeed {
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(stream))
+    OpenApiRouter::new().routes(crate::api::v1(routes!(stream)))
 }
 
 /// Read buffer of a connection: client messages are small (`max_frame_bytes` bounds them), and
