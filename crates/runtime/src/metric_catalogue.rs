@@ -237,6 +237,70 @@ pub const METRICS: &[Metric] = &[
         by: ALL,
         help: "REST calls the exchange refused for rate (429) or with a ban (418).",
     },
+    Metric {
+        name: "pricefeed_backfill_held_total",
+        kind: Counter,
+        labels: &[MARKET],
+        by: N,
+        help: "Gap backfill calls that waited out a 429/418 hold (this process's or one shared through Redis) instead of failing.",
+    },
+    Metric {
+        name: "pricefeed_ingest_fenced_total",
+        kind: Counter,
+        labels: &[],
+        by: N,
+        help: "Instruments whose flush Redis refused because another node holds the live claim (this node was cut off while its slice moved; decision 0013).",
+    },
+    // --- process (every binary, read from /proc/self at scrape time) ---
+    Metric {
+        name: "process_resident_memory_bytes",
+        kind: Gauge,
+        labels: &[],
+        by: ALL_SIM,
+        help: "Resident memory of the process.",
+    },
+    Metric {
+        name: "process_virtual_memory_bytes",
+        kind: Gauge,
+        labels: &[],
+        by: ALL_SIM,
+        help: "Virtual memory size of the process.",
+    },
+    Metric {
+        name: "process_threads",
+        kind: Gauge,
+        labels: &[],
+        by: ALL_SIM,
+        help: "OS threads of the process.",
+    },
+    Metric {
+        name: "process_open_fds",
+        kind: Gauge,
+        labels: &[],
+        by: ALL_SIM,
+        help: "Open file descriptors (sockets included): a connection leak shows here.",
+    },
+    Metric {
+        name: "process_max_fds",
+        kind: Gauge,
+        labels: &[],
+        by: ALL_SIM,
+        help: "Soft limit of open file descriptors.",
+    },
+    Metric {
+        name: "process_cpu_seconds_total",
+        kind: Counter,
+        labels: &[],
+        by: ALL_SIM,
+        help: "User + system CPU time of the process, in whole seconds.",
+    },
+    Metric {
+        name: "pricefeed_runtime_alive_tasks",
+        kind: Gauge,
+        labels: &[],
+        by: ALL_SIM,
+        help: "Tokio tasks alive in the process: a task leak shows here.",
+    },
     // --- cluster membership ---
     Metric {
         name: "pricefeed_node_slice_size",
@@ -738,6 +802,9 @@ mod tests {
             } else if m.name.starts_with("http_") {
                 // The shared HTTP stack's RED metrics, on every binary (dashboards query them).
                 "http_"
+            } else if m.name.starts_with("process_") {
+                // Prometheus's standard process-collector names, which dashboards expect.
+                "process_"
             } else {
                 "pricefeed_"
             };

@@ -78,26 +78,26 @@ pub fn sample() -> ProcessSample {
 /// Sets the process gauges (called just before `/metrics` renders).
 pub fn record() {
     let s = sample();
-    let set = |name: &'static str, v: Option<f64>| {
-        if let Some(v) = v {
-            metrics::gauge!(name).set(v);
-        }
-    };
-    set(
-        "process_resident_memory_bytes",
-        s.resident_bytes.map(|v| v as f64),
-    );
-    set(
-        "process_virtual_memory_bytes",
-        s.virtual_bytes.map(|v| v as f64),
-    );
-    set("process_threads", s.threads.map(|v| v as f64));
-    set("process_open_fds", s.open_fds.map(|v| v as f64));
-    set("process_max_fds", s.max_fds.map(|v| v as f64));
-    // CPU time is a counter; the recorder's counters take whole numbers, so milliseconds.
+    // One literal per gauge: tests/metrics_reference.rs finds metrics by their macro call.
+    if let Some(v) = s.resident_bytes {
+        metrics::gauge!("process_resident_memory_bytes").set(v as f64);
+    }
+    if let Some(v) = s.virtual_bytes {
+        metrics::gauge!("process_virtual_memory_bytes").set(v as f64);
+    }
+    if let Some(v) = s.threads {
+        metrics::gauge!("process_threads").set(v as f64);
+    }
+    if let Some(v) = s.open_fds {
+        metrics::gauge!("process_open_fds").set(v as f64);
+    }
+    if let Some(v) = s.max_fds {
+        metrics::gauge!("process_max_fds").set(v as f64);
+    }
+    // CPU time is a counter, and the recorder's counters hold whole numbers: whole seconds,
+    // which is enough for a rate over a scrape interval or more.
     if let Some(cpu) = s.cpu_seconds {
-        metrics::counter!("pricefeed_process_cpu_milliseconds_total")
-            .absolute((cpu * 1000.0) as u64);
+        metrics::counter!("process_cpu_seconds_total").absolute(cpu as u64);
     }
     if let Ok(h) = tokio::runtime::Handle::try_current() {
         metrics::gauge!("pricefeed_runtime_alive_tasks").set(h.metrics().num_alive_tasks() as f64);
