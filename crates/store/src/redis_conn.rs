@@ -92,12 +92,12 @@ impl RedisEndpoint {
     /// For logs: the URL without credentials, or the sentinel set.
     pub fn describe(&self) -> String {
         match &*self.inner {
-            Target::Direct(info) => format!("redis at {}", info.addr()),
+            Target::Direct(info) => format!("Redis at {}", info.addr()),
             Target::Sentinel {
                 master, sentinels, ..
             } => {
                 let list: Vec<String> = sentinels.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-                format!("redis primary `{master}` via sentinels {}", list.join(","))
+                format!("Redis primary `{master}` via sentinels {}", list.join(","))
             }
         }
     }
