@@ -6,7 +6,8 @@
 //! - [`telemetry`]: tracing subscriber (human or JSON) and the Prometheus recorder.
 //! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the readiness registry behind them.
 //! - [`shutdown`]: signal handling, cancellation and task tracking with a drain deadline.
-//! - [`http`]: the common middleware stack (request ids, spans, metrics) and the server loop.
+//! - [`http`]: the common middleware stack (request ids, spans, metrics) and the server task.
+//! - [`serve`]: the HTTP/1 accept loop (header-read timeout against slowloris, graceful drain).
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`tls`]: the process-wide rustls crypto provider for `https://`/`wss://` broker URLs.
 
@@ -16,6 +17,7 @@ pub mod http;
 pub mod ops;
 pub mod problem;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
