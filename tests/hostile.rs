@@ -226,8 +226,14 @@ async fn slowloris_connections_are_cut_off_and_do_not_hold_the_server() {
         }
         unreachable!()
     };
-    // Meanwhile ordinary requests are answered, each within the client's 5 s timeout.
-    let http = http_client(Duration::from_secs(5));
+    // Meanwhile ordinary requests are answered, each within the client's 5 s timeout. A new
+    // connection each: a pooled one idle past the 1.5 s header timeout (a stall of this loaded
+    // machine) could be closed by the server just as a request goes out on it.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let normal = async {
         let mut worst = Duration::ZERO;
         let mut n = 0;
@@ -278,12 +284,16 @@ async fn per_address_limits_answer_429_and_trust_forwarded_for_only_from_proxies
     let behind_proxy = node_with(&proxied).await;
     let http = http_client(STEP);
 
-    // Sends `n` requests as fast as they are answered; the statuses and the last 429.
+    // Sends up to `n` requests one after the other, stopping at the first 429 when
+    // `until_refused`; the statuses and the last 429. Stopping there keeps the test independent
+    // of how fast the machine answers: the budget refills at one request a second, so a fixed
+    // count of requests would or would not reach the limit depending on the load.
     async fn burst(
         http: &reqwest::Client,
         url: &str,
         xff: Option<&str>,
         n: usize,
+        until_refused: bool,
     ) -> (Vec<u16>, Option<(String, Option<u64>, Value)>) {
         let mut statuses = Vec::new();
         let mut refused = None;
@@ -293,31 +303,40 @@ async fn per_address_limits_answer_429_and_trust_forwarded_for_only_from_proxies
                 req = req.header("x-forwarded-for", x);
             }
             let (status, ct, retry, body) = answer(req.send().await.unwrap()).await;
+            statuses.push(status);
             if status == 429 {
                 refused = Some((ct, retry, body));
+                if until_refused {
+                    break;
+                }
             }
-            statuses.push(status);
         }
         (statuses, refused)
     }
 
     let url = direct.url("/api/v1/underlyings");
     // A forged X-Forwarded-For from a client does not buy a fresh budget.
-    let (statuses, refused) = burst(&http, &url, Some("198.51.100.1"), 15).await;
-    // The burst of 10 passes; then 1 a second (the requests take a moment, so maybe one more).
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    assert!(ok >= 10 && statuses.contains(&429), "{statuses:?}");
-    assert!(statuses[..10].iter().all(|s| *s == 200), "{statuses:?}");
-    let (statuses, _) = burst(&http, &url, Some("198.51.100.2"), 3).await;
-    assert!(statuses.contains(&429), "{statuses:?}");
+    // The burst of 10 passes, then one a second: a 429 comes unless every request took a second.
+    let (statuses, refused) = burst(&http, &url, Some("198.51.100.1"), 200, true).await;
+    assert!(
+        statuses.len() > 10 && statuses[..10].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
     let (ct, retry, body) = refused.expect("a 429");
+    // Another forged address, the same budget: refused again well before a fresh burst of 10.
+    let (statuses, again) = burst(&http, &url, Some("198.51.100.2"), 10, true).await;
+    assert!(again.is_some(), "{statuses:?}");
     assert_eq!(ct, "application/problem+json");
     assert_eq!(body["status"], 429);
     assert!(
         body["detail"].as_str().unwrap().contains("127.0.0.1"),
         "{body}"
     );
-    assert_eq!(retry, Some(1), "{body}");
+    // One request a second: the wait, rounded up to whole seconds, is about one second.
+    assert!(
+        retry.is_some_and(|s| (1..=2).contains(&s)),
+        "{retry:?} {body}"
+    );
     // Probes and scrapes are never limited.
     for path in ["/livez", "/readyz", "/metrics"] {
         let r = http.get(direct.url(path)).send().await.unwrap();
@@ -336,18 +355,19 @@ async fn per_address_limits_answer_429_and_trust_forwarded_for_only_from_proxies
         &["scope=\"address\""],
     )
     .await;
-    assert!(limited >= 5.0, "{limited}");
+    assert!(limited >= 2.0, "{limited}");
 
     // Behind a trusted proxy each forwarded client has its own budget.
     let url = behind_proxy.url("/api/v1/underlyings");
-    let (a, _) = burst(&http, &url, Some("203.0.113.7"), 15).await;
+    let (a, _) = burst(&http, &url, Some("203.0.113.7"), 200, true).await;
     assert!(a.contains(&429), "{a:?}");
-    let (b, _) = burst(&http, &url, Some("6.6.6.6, 203.0.113.8"), 5).await;
+    // A fresh burst of 10 for another forwarded client (5 of them, well inside it).
+    let (b, _) = burst(&http, &url, Some("6.6.6.6, 203.0.113.8"), 5, false).await;
     assert!(b.iter().all(|s| *s == 200), "{b:?}");
-    // The client-written entry left of the proxy's is not the key: still 203.0.113.7's budget.
-    let (c, refused) = burst(&http, &url, Some("203.0.113.99, 203.0.113.7"), 2).await;
-    assert!(c.contains(&429), "{c:?}");
-    let (_, _, body) = refused.unwrap();
+    // The client-written entry left of the proxy's is not the key: still 203.0.113.7's spent
+    // budget, refused again well before a fresh burst of 10 would be.
+    let (c, refused) = burst(&http, &url, Some("203.0.113.99, 203.0.113.7"), 10, true).await;
+    let (_, _, body) = refused.unwrap_or_else(|| panic!("{c:?}"));
     assert!(
         body["detail"].as_str().unwrap().contains("203.0.113.7"),
         "{body}"
@@ -424,7 +444,8 @@ async fn per_user_limits_answer_429_and_refused_writes_change_nothing() {
     // Reads: a burst of 12 per user (one went to the list above), then 429.
     let mut reads = Vec::new();
     let mut refused = None;
-    for _ in 0..14 {
+    // Until the first 429 (bounded): the budget refills by one a second, however slow.
+    while refused.is_none() && reads.len() < 100 {
         let r = http
             .get(node.url("/api/v1/alerts"))
             .bearer_auth(&alice)
@@ -441,7 +462,10 @@ async fn per_user_limits_answer_429_and_refused_writes_change_nothing() {
     assert!(reads[0] == 200 && reads.contains(&429), "{reads:?}");
     let (ct, retry, body) = refused.unwrap();
     assert_eq!(ct, "application/problem+json");
-    assert_eq!(retry, Some(1), "{body}");
+    assert!(
+        retry.is_some_and(|s| (1..=2).contains(&s)),
+        "{retry:?} {body}"
+    );
     assert!(
         body["detail"].as_str().unwrap().contains("for this user"),
         "{body}"

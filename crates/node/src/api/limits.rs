@@ -581,7 +581,12 @@ mod tests {
             ),
             ip("2001:db8::1")
         );
-        assert_eq!(address_key(ip("2001:db8::1:2:3:4")), ip("2001:db8:0:1::"));
+        // IPv6 clients are keyed by their /64.
+        assert_eq!(
+            address_key(ip("2001:db8:0:1:2:3:4:5")),
+            ip("2001:db8:0:1::")
+        );
+        assert_eq!(address_key(ip("2001:db8::1:2:3:4")), ip("2001:db8::"));
         assert_eq!(address_key(ip("1.2.3.4")), ip("1.2.3.4"));
     }
 
