@@ -4,8 +4,9 @@
 #   2. a private Postgres and Redis on free loopback ports, in a fresh temporary directory
 #   3. unit, integration (real Postgres/Redis; one database per test) and end-to-end tests
 #      across processes, with cargo-nextest (cargo test when nextest is missing)
-#   4. Python checks in a venv: docker compose validation, third-party Binance clients
-#   5. with PRICEFEED_COMPOSE_CHECK=1: the compose stack run for real (./dev compose-check)
+#   4. a short libFuzzer run of each fuzz target (scripts/fuzz.sh, stable toolchain)
+#   5. Python checks in a venv: docker compose validation, third-party Binance clients
+#   6. with PRICEFEED_COMPOSE_CHECK=1: the compose stack run for real (./dev compose-check)
 #   (the venv also provides aiosmtpd, the SMTP server of the email delivery tests)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -66,6 +67,13 @@ else
   warn "cargo-nextest not found; using cargo test"
   cargo test --workspace --no-fail-fast || die "Rust tests failed"
 fi
+
+# A short real libFuzzer run of each target from its committed corpus (stable toolchain; the
+# long runs and their figures: docs/reliability.md). The corpus and the regressions are also
+# replayed by the Rust tests above (crates/fuzzing/tests/corpus.rs).
+FUZZ_SECS="${PRICEFEED_FUZZ_SECS:-15}"
+step "fuzzing: ${FUZZ_SECS}s per target (scripts/fuzz.sh smoke)"
+scripts/fuzz.sh smoke "$FUZZ_SECS"
 
 step "docker compose validation"
 "$PF_VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker/compose.yaml \

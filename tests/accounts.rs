@@ -176,6 +176,16 @@ async fn start() -> (Sim, Vec<Proc>, Vec<(String, String)>, Api) {
             "PRICEFEED__ALERTS__MAX_PER_USER".to_string(),
             "4".to_string(),
         ),
+        // These tests make many alert writes with one token; the write limit of node.limits
+        // (tested in tests/hostile.rs) must not answer before the limits tested here.
+        (
+            "PRICEFEED__NODE__LIMITS__PER_USER_WRITES_BURST".to_string(),
+            "1000".to_string(),
+        ),
+        (
+            "PRICEFEED__NODE__LIMITS__PER_USER_WRITES_PER_MIN".to_string(),
+            "10000".to_string(),
+        ),
         (
             "PRICEFEED__AUTH__LOGIN_PER_ACCOUNT_PER_MIN".into(),
             "5".into(),

@@ -177,6 +177,16 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
         ),
         ("PRICEFEED__ALERTS__EMAILS_PER_HOUR".into(), "10000".into()),
         ("PRICEFEED__WORKER__POLL_MS".into(), "100".into()),
+        // One user creates a ladder of alerts at once, more than the default write burst of
+        // node.limits (tested in tests/hostile.rs).
+        (
+            "PRICEFEED__NODE__LIMITS__PER_USER_WRITES_BURST".into(),
+            "1000".into(),
+        ),
+        (
+            "PRICEFEED__NODE__LIMITS__PER_USER_WRITES_PER_MIN".into(),
+            "10000".into(),
+        ),
     ]);
     let sink = SmtpSink::start(&["--no-body"]).await;
     env.extend(sink.worker_env());

@@ -58,6 +58,25 @@ async fn schemathesis_finds_nothing_in_the_whole_openapi_document() {
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
     env.extend(sim.broker_env());
+    // schemathesis sends hundreds of requests a second from one address and one token: with
+    // the default request limits (node.limits, auth.register_per_address_per_min) most of them
+    // would be answered 429 and never reach the handlers under test. The limits themselves are
+    // tested in tests/hostile.rs.
+    env.extend(
+        [
+            ("PRICEFEED__NODE__LIMITS__PER_ADDRESS_PER_SEC", "1000000"),
+            ("PRICEFEED__NODE__LIMITS__PER_ADDRESS_BURST", "10000000"),
+            ("PRICEFEED__NODE__LIMITS__PER_USER_PER_SEC", "1000000"),
+            ("PRICEFEED__NODE__LIMITS__PER_USER_BURST", "10000000"),
+            (
+                "PRICEFEED__NODE__LIMITS__PER_USER_WRITES_PER_MIN",
+                "1000000",
+            ),
+            ("PRICEFEED__NODE__LIMITS__PER_USER_WRITES_BURST", "10000000"),
+            ("PRICEFEED__AUTH__REGISTER_PER_ADDRESS_PER_MIN", "1000000"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     migrate(&env, READY).await;
     let keys = seed_from_catalogue(&http, &sim, &db).await;
     assert!(keys.contains("spot:BTCUSDT"), "{keys:?}");

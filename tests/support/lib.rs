@@ -234,6 +234,29 @@ pub fn base_env(database_url: &str) -> Vec<(String, String)> {
             "PRICEFEED__BROKER__OPTIONS_REST_URL".into(),
             "http://127.0.0.1:9".into(),
         ),
+        // Every test client comes from 127.0.0.1, and the drills poll every node for every
+        // instrument: the node's per-address and per-user limits (node.limits, auth) would
+        // throttle them. tests/hostile.rs sets its own limits (later entries win).
+        (
+            "PRICEFEED__NODE__LIMITS__PER_ADDRESS_PER_SEC".into(),
+            "1000000".into(),
+        ),
+        (
+            "PRICEFEED__NODE__LIMITS__PER_ADDRESS_BURST".into(),
+            "10000000".into(),
+        ),
+        (
+            "PRICEFEED__NODE__LIMITS__PER_USER_PER_SEC".into(),
+            "1000000".into(),
+        ),
+        (
+            "PRICEFEED__NODE__LIMITS__PER_USER_BURST".into(),
+            "10000000".into(),
+        ),
+        (
+            "PRICEFEED__AUTH__REGISTER_PER_ADDRESS_PER_MIN".into(),
+            "1000000".into(),
+        ),
         ("RUST_LOG".into(), "info".into()),
     ]
 }

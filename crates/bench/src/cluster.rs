@@ -328,6 +328,16 @@ fn base_env(env: &Env, db: &str, redis: &str, sim: &Sim) -> Vec<(String, String)
             "PRICEFEED__AUTH__JWT_SECRET".into(),
             "bench-cluster-signing-key-0123456789abcdef".into(),
         ),
+        // Every load generator is one address: the rate limiter runs (its cost is measured)
+        // but never refuses.
+        (
+            "PRICEFEED__NODE__LIMITS__PER_ADDRESS_PER_SEC".into(),
+            "1000000".into(),
+        ),
+        (
+            "PRICEFEED__NODE__LIMITS__PER_ADDRESS_BURST".into(),
+            "10000000".into(),
+        ),
     ];
     for (market, addr) in [
         ("SPOT", &sim.spot),

@@ -171,7 +171,7 @@ pub async fn start(cfg: &NodeConfig, shutdown: &Shutdown) -> anyhow::Result<Runn
     });
     let router = build_router(state, readiness, cfg);
     telemetry::spawn_upkeep(shutdown);
-    http::spawn_server(listener, router, shutdown);
+    http::spawn_server_with(listener, router, cfg.node.http.server_limits(), shutdown);
     tracing::info!(%addr, node_id, "node listening");
     Ok(Running { addr, node_id })
 }
@@ -182,8 +182,17 @@ fn uuid_like_secret() -> String {
 }
 
 fn build_router(state: AppState, readiness: ops::Readiness, cfg: &NodeConfig) -> Router {
+    let limiter = crate::api::limits::RateLimiter::new(&cfg.node.limits, state.tokens.clone());
     let app = crate::api::router(state)
         .merge(ops::router(readiness))
-        .fallback(problem::not_found_fallback);
+        .fallback(problem::not_found_fallback)
+        // Every route and the fallback; the middleware itself lets probes and /metrics pass.
+        .layer(axum::middleware::from_fn_with_state(
+            limiter,
+            crate::api::limits::rate_limit,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            cfg.node.limits.max_body_bytes,
+        ));
     http::with_common_layers(app, Duration::from_millis(cfg.node.http.request_timeout_ms))
 }

@@ -68,6 +68,9 @@ pub struct NodeSection {
     /// `[node.stream]`: limits and timers of the client WebSocket.
     #[serde(default)]
     pub stream: StreamConfig,
+    /// `[node.limits]`: request body size and HTTP rate limits per address and per user.
+    #[serde(default)]
+    pub limits: crate::api::limits::LimitsConfig,
 }
 
 /// `[node.feed]`: broker WebSocket connections, trade ingest and latest-price publishing.
@@ -238,6 +241,7 @@ impl Validate for NodeConfig {
         self.node.feed.validate()?;
         self.node.live.validate()?;
         self.node.stream.validate()?;
+        self.node.limits.validate()?;
         self.vwap.validate()?;
         self.retention.validate()?;
         self.auth.validate()?;

@@ -162,10 +162,23 @@ pub struct HttpConfig {
     /// Per-request timeout in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// A connection must send a complete request head (request line and headers) within this
+    /// many milliseconds of its first byte, or of the end of its previous response; otherwise
+    /// it is closed. Cuts off slowloris clients and bounds idle keep-alive connections (a proxy
+    /// in front that reuses connections must idle them out sooner).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
 }
 
 fn default_request_timeout_ms() -> u64 {
     10_000
+}
+
+/// Default of `header_read_timeout_ms`.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 20_000;
+
+fn default_header_read_timeout_ms() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_MS
 }
 
 impl HttpConfig {
@@ -176,7 +189,20 @@ impl HttpConfig {
                 "must be between 1 and 300000",
             ));
         }
+        if !(100..=600_000).contains(&self.header_read_timeout_ms) {
+            return Err(ConfigError::key(
+                format!("{section}.header_read_timeout_ms"),
+                "must be between 100 and 600000",
+            ));
+        }
         Ok(())
+    }
+
+    /// The connection limits of [`crate::serve::serve`].
+    pub fn server_limits(&self) -> crate::serve::ServerLimits {
+        crate::serve::ServerLimits {
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+        }
     }
 }
 

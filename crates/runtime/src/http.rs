@@ -448,22 +448,28 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, 
     Ok((listener, local))
 }
 
-/// Serves `router` on `listener` as a tracked task until shutdown, then drains.
+/// Serves `router` on `listener` as a tracked task until shutdown, then drains; with the
+/// default [`crate::serve::ServerLimits`].
 pub fn spawn_server(listener: tokio::net::TcpListener, router: Router, shutdown: &Shutdown) {
+    spawn_server_with(
+        listener,
+        router,
+        crate::serve::ServerLimits::default(),
+        shutdown,
+    );
+}
+
+/// [`spawn_server`] with the given connection limits (`HttpConfig::server_limits`).
+pub fn spawn_server_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: crate::serve::ServerLimits,
+    shutdown: &Shutdown,
+) {
     let token = shutdown.token();
-    let trigger = shutdown.clone();
-    shutdown.tracker().spawn(async move {
-        let res = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "http server failed");
-            trigger.trigger();
-        }
-    });
+    shutdown
+        .tracker()
+        .spawn(crate::serve::serve(listener, router, limits, token));
 }
 
 #[cfg(test)]

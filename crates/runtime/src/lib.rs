@@ -10,7 +10,8 @@
 //! - [`process`]: the process gauges (memory, descriptors, threads, CPU, tokio tasks) `/metrics`
 //!   reports.
 //! - [`shutdown`]: signal handling, cancellation and task tracking with a drain deadline.
-//! - [`http`]: the common middleware stack (request ids, spans, metrics) and the server loop.
+//! - [`http`]: the common middleware stack (request ids, spans, metrics) and the server task.
+//! - [`serve`]: the HTTP/1 accept loop (header-read timeout against slowloris, graceful drain).
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`tls`]: the process-wide rustls crypto provider for `https://`/`wss://` broker URLs.
 
@@ -23,6 +24,7 @@ pub mod ops;
 pub mod problem;
 pub mod process;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -251,6 +251,35 @@ pub const METRICS: &[Metric] = &[
         by: N,
         help: "Instruments whose flush Redis refused because another node holds the live claim (this node was cut off while its slice moved; decision 0013).",
     },
+    // --- HTTP server and limits ---
+    Metric {
+        name: "pricefeed_server_connections",
+        kind: Gauge,
+        labels: &[],
+        by: ALL_SIM,
+        help: "Open HTTP connections of the process's listener.",
+    },
+    Metric {
+        name: "pricefeed_server_header_timeouts_total",
+        kind: Counter,
+        labels: &[],
+        by: ALL_SIM,
+        help: "Connections closed because no request head arrived within http.header_read_timeout_ms (slowloris or idle keep-alive).",
+    },
+    Metric {
+        name: "pricefeed_rate_limited_total",
+        kind: Counter,
+        labels: &[("scope", &["address", "user", "user_writes"])],
+        by: N,
+        help: "Requests refused with 429 by node.limits, by which limit.",
+    },
+    Metric {
+        name: "pricefeed_rate_limit_untracked_total",
+        kind: Counter,
+        labels: &[],
+        by: N,
+        help: "Requests let through unlimited because a limiter already tracked node.limits.max_tracked keys.",
+    },
     // --- process (every binary, read from /proc/self at scrape time) ---
     Metric {
         name: "process_resident_memory_bytes",

@@ -165,7 +165,7 @@ pub async fn start(
         http::with_common_layers(router, Duration::from_millis(http_cfg.request_timeout_ms));
     let (listener, addr) = http::bind(http_cfg.bind).await?;
     telemetry::spawn_upkeep(shutdown);
-    http::spawn_server(listener, router, shutdown);
+    http::spawn_server_with(listener, router, http_cfg.server_limits(), shutdown);
     tracing::info!(%addr, role = role.as_str(), "listening");
     Ok(Running { addr })
 }

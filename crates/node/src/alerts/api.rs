@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use pricefeed_domain::alert::{Condition, Kind, Rearm};
 use pricefeed_domain::bucket::Span;
-use pricefeed_domain::instrument::{InstrumentKey, Symbol};
+use pricefeed_domain::instrument::{InstrumentKey, Market, Symbol};
 use pricefeed_store::alerts::{self as store, Alert, AlertError, AlertInput};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,31 @@ fn alert_input(cond: Condition, e: Extras, status: &str) -> AlertInput {
     }
 }
 
+/// The instrument and the alert a `POST /alerts` body asks for, with the configured VWAP
+/// `intervals`; every refusal is a 422 naming the field. Pure, and public for the query fuzz
+/// target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn new_alert(n: NewAlert, intervals: &[Span]) -> ApiResult<(InstrumentKey, AlertInput)> {
+    let symbol = Symbol::parse(&n.symbol).map_err(|e| ApiError::field("symbol", e.to_string()))?;
+    let market = parse_market(n.market.as_deref())
+        .map_err(|_| ApiError::field("market", "spot, usdm or options"))?;
+    let key = InstrumentKey::new(market, &symbol);
+    let cond = Condition {
+        kind: n.condition,
+        threshold: input::threshold(&n.threshold)?,
+        interval: n
+            .interval
+            .as_deref()
+            .map(|i| input::interval(i, intervals))
+            .transpose()?,
+        window: n.window.as_deref().map(input::window).transpose()?,
+    };
+    // The body is complete, so a condition that breaks a rule breaks the schema: 422.
+    cond.validate(intervals)
+        .map_err(|e| ApiError::field(e.field, e.msg))?;
+    let inp = alert_input(cond, extras(n.channels, n.rearm, n.note)?, "active");
+    Ok((key, inp))
+}
+
 /// Creates an alert.
 #[utoipa::path(post, path = "/alerts", tag = "alerts", request_body = NewAlert,
     security(("bearer" = [])),
@@ -149,24 +174,7 @@ async fn create(
     user: AuthUser,
     JsonBody(n): JsonBody<NewAlert>,
 ) -> ApiResult<(StatusCode, Json<AlertDto>)> {
-    let symbol = Symbol::parse(&n.symbol).map_err(|e| ApiError::field("symbol", e.to_string()))?;
-    let market = parse_market(n.market.as_deref())
-        .map_err(|_| ApiError::field("market", "spot, usdm or options"))?;
-    let key = InstrumentKey::new(market, &symbol);
-    let cond = Condition {
-        kind: n.condition,
-        threshold: input::threshold(&n.threshold)?,
-        interval: n
-            .interval
-            .as_deref()
-            .map(|i| input::interval(i, &st.vwap.intervals))
-            .transpose()?,
-        window: n.window.as_deref().map(input::window).transpose()?,
-    };
-    // The body is complete, so a condition that breaks a rule breaks the schema: 422.
-    cond.validate(&st.vwap.intervals)
-        .map_err(|e| ApiError::field(e.field, e.msg))?;
-    let inp = alert_input(cond, extras(n.channels, n.rearm, n.note)?, "active");
+    let (key, inp) = new_alert(n, &st.vwap.intervals)?;
     let inst = crate::api::vwap::known_id(&st, &key).await?;
     let a = store::create_alert(&st.db, user.id, inst, &inp, st.alerts.max_per_user)
         .await
@@ -221,6 +229,35 @@ fn cursor(c: Option<&str>) -> ApiResult<Option<i64>> {
     .transpose()
 }
 
+/// The checked parameters of `GET /alerts` (besides `status`, passed through once checked).
+#[derive(Debug)]
+pub struct ListQuery {
+    pub limit: i64,
+    pub market: Market,
+    pub after: Option<i64>,
+    pub symbol: Option<Symbol>,
+}
+
+/// Checks the parameters of `GET /alerts` (400 naming the parameter). Pure, and public for the
+/// query fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn list_query(q: &ListParams) -> ApiResult<ListQuery> {
+    let limit = page_limit(q.limit)?;
+    if let Some(s) = q.status.as_deref()
+        && !matches!(s, "active" | "paused" | "triggered")
+    {
+        return Err(ApiError::param("status", "active, paused or triggered"));
+    }
+    let market = parse_market(q.market.as_deref())?;
+    let after = cursor(q.cursor.as_deref())?;
+    let symbol = symbol_param("symbol", q.symbol.as_deref())?;
+    Ok(ListQuery {
+        limit,
+        market,
+        after,
+        symbol,
+    })
+}
+
 /// The caller's alerts.
 #[utoipa::path(get, path = "/alerts", tag = "alerts", params(ListParams),
     security(("bearer" = [])),
@@ -235,15 +272,13 @@ async fn list(
     user: AuthUser,
     Q(q): Q<ListParams>,
 ) -> ApiResult<Json<AlertPage>> {
-    let limit = page_limit(q.limit)?;
-    if let Some(s) = q.status.as_deref()
-        && !matches!(s, "active" | "paused" | "triggered")
-    {
-        return Err(ApiError::param("status", "active, paused or triggered"));
-    }
-    let market = parse_market(q.market.as_deref())?;
-    let after = cursor(q.cursor.as_deref())?;
-    let inst = match symbol_param("symbol", q.symbol.as_deref())? {
+    let ListQuery {
+        limit,
+        market,
+        after,
+        symbol,
+    } = list_query(&q)?;
+    let inst = match symbol {
         None => None,
         Some(sym) => {
             let key = InstrumentKey::new(market, &sym);
@@ -295,6 +330,59 @@ async fn get_one(
         .ok_or_else(|| gone(id))
 }
 
+/// A patch's fields, each checked on its own; `Some(None)` clears an optional field.
+#[derive(Debug)]
+pub struct PatchFields {
+    pub condition: Option<Kind>,
+    pub threshold: Option<Decimal>,
+    pub interval: Option<Option<Span>>,
+    pub window: Option<Option<Span>>,
+    pub channels: Option<Vec<String>>,
+    pub rearm: Option<Option<Rearm>>,
+    pub note: Option<Option<String>>,
+    pub status: Option<String>,
+}
+
+/// Checks every field of a `PATCH /alerts/{id}` body on its own (422 naming the field), before
+/// the alert is read. Pure, and public for the query fuzz target
+/// (`fuzz/fuzz_targets/api_query.rs`).
+pub fn patch_fields(p: AlertPatch, intervals: &[Span]) -> ApiResult<PatchFields> {
+    let threshold = p.threshold.as_deref().map(input::threshold).transpose()?;
+    let interval = p
+        .interval
+        .map(|i| {
+            i.as_deref()
+                .map(|i| input::interval(i, intervals))
+                .transpose()
+        })
+        .transpose()?;
+    let window = p
+        .window
+        .map(|w| w.as_deref().map(input::window).transpose())
+        .transpose()?;
+    if let Some(s) = p.status.as_deref() {
+        input::status(s)?;
+    }
+    let rearm = match p.rearm {
+        None => None,
+        Some(r) => Some(r.map(input::rearm).transpose()?),
+    };
+    if let Some(Some(n)) = &p.note {
+        input::note(n)?;
+    }
+    let channels = p.channels.map(input::channels).transpose()?;
+    Ok(PatchFields {
+        condition: p.condition,
+        threshold,
+        interval,
+        window,
+        channels,
+        rearm,
+        note: p.note,
+        status: p.status,
+    })
+}
+
 /// Changes one of the caller's alerts (and re-arms it).
 #[utoipa::path(patch, path = "/alerts/{id}", tag = "alerts", request_body = AlertPatch,
     params(("id" = i64, Path, description = "Alert id", minimum = 1, maximum = 9223372036854775807_i64)),
@@ -316,36 +404,22 @@ async fn patch(
     JsonBody(p): JsonBody<AlertPatch>,
 ) -> ApiResult<Json<AlertDto>> {
     // Each field on its own first (422), before the alert is even read.
-    let threshold = p.threshold.as_deref().map(input::threshold).transpose()?;
-    let interval = p
-        .interval
-        .map(|i| {
-            i.as_deref()
-                .map(|i| input::interval(i, &st.vwap.intervals))
-                .transpose()
-        })
-        .transpose()?;
-    let window = p
-        .window
-        .map(|w| w.as_deref().map(input::window).transpose())
-        .transpose()?;
-    if let Some(s) = p.status.as_deref() {
-        input::status(s)?;
-    }
-    let rearm_in = match p.rearm {
-        None => None,
-        Some(r) => Some(r.map(input::rearm).transpose()?),
-    };
-    if let Some(Some(n)) = &p.note {
-        input::note(n)?;
-    }
-    let channels = p.channels.map(input::channels).transpose()?;
+    let PatchFields {
+        condition,
+        threshold,
+        interval,
+        window,
+        channels,
+        rearm: rearm_in,
+        note,
+        status,
+    } = patch_fields(p, &st.vwap.intervals)?;
 
     let cur = store::alert(&st.db, user.id, id)
         .await?
         .ok_or_else(|| gone(id))?;
     let cond = Condition {
-        kind: p.condition.unwrap_or(cur.condition.kind),
+        kind: condition.unwrap_or(cur.condition.kind),
         threshold: threshold.unwrap_or(cur.condition.threshold),
         interval: interval.unwrap_or(cur.condition.interval),
         window: window.unwrap_or(cur.condition.window),
@@ -357,7 +431,7 @@ async fn patch(
             e.field, e.msg
         ))
     })?;
-    let status = match p.status.as_deref() {
+    let status = match status.as_deref() {
         Some(s) => s.to_string(),
         // A triggered one-shot alert that is changed becomes active again.
         None if cur.status == "triggered" => "active".into(),
@@ -367,7 +441,7 @@ async fn patch(
         condition: cond,
         channels: channels.unwrap_or(cur.channels),
         rearm: rearm_in.unwrap_or(cur.rearm),
-        note: p.note.unwrap_or(cur.note),
+        note: note.unwrap_or(cur.note),
         status,
     };
     let a = store::update_alert(&st.db, user.id, id, &inp)
@@ -457,6 +531,12 @@ pub struct NotificationPage {
     pub next_cursor: Option<String>,
 }
 
+/// Page size and cursor of `GET /alerts/{id}/notifications` (400 naming the parameter). Pure,
+/// and public for the query fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn notification_query(q: &NotificationParams) -> ApiResult<(i64, Option<i64>)> {
+    Ok((page_limit(q.limit)?, cursor(q.cursor.as_deref())?))
+}
+
 /// Every trigger of one of the caller's alerts, newest first, with its delivery per channel.
 #[utoipa::path(get, path = "/alerts/{id}/notifications", tag = "alerts",
     params(("id" = i64, Path, description = "Alert id", minimum = 1, maximum = 9223372036854775807_i64), NotificationParams),
@@ -474,8 +554,7 @@ async fn notifications(
     IdPath(id): IdPath,
     Q(q): Q<NotificationParams>,
 ) -> ApiResult<Json<NotificationPage>> {
-    let limit = page_limit(q.limit)?;
-    let after = cursor(q.cursor.as_deref())?;
+    let (limit, after) = notification_query(&q)?;
     store::alert(&st.db, user.id, id)
         .await?
         .ok_or_else(|| gone(id))?;

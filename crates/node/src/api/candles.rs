@@ -11,6 +11,7 @@ use super::error::ApiResult;
 use axum::Json;
 use axum::extract::State;
 use pricefeed_domain::bucket::Span;
+use pricefeed_domain::instrument::InstrumentKey;
 use pricefeed_store::history::read;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,52 @@ pub struct CandlesDto {
     pub candles: Vec<CandleDto>,
 }
 
+/// What one candles request reads: `[from, to)` in whole candles of `span`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandleRange {
+    pub key: InstrumentKey,
+    pub span: Span,
+    pub from: i64,
+    pub to: i64,
+    /// More than [`MAX_CANDLES`] were asked for; `from` was moved up.
+    pub truncated: bool,
+}
+
+/// The range of a candles request at `now`, with history kept since `kept_from`. Pure, and
+/// public for the query fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn candle_range(
+    sym: &SymbolPath,
+    q: &CandleParams,
+    now: i64,
+    kept_from: i64,
+) -> ApiResult<CandleRange> {
+    let key = sym.key(q.market.as_deref())?;
+    let span = parse_interval(
+        "interval",
+        q.interval.as_deref(),
+        Span::MINUTE,
+        &intervals(),
+    )?;
+    let (from_q, to_q) = (time_param("from", q.from)?, time_param("to", q.to)?);
+    let to_raw = to_q.unwrap_or(now).min(now);
+    let from_raw = from_q.unwrap_or(to_raw - Span::DAY.ms()).max(kept_from);
+    let to = span.floor(to_raw) + span.ms();
+    let from = span.floor(from_raw).min(to);
+    let earliest = to - MAX_CANDLES * span.ms();
+    let (from, truncated) = if from < earliest {
+        (earliest, true)
+    } else {
+        (from, false)
+    };
+    Ok(CandleRange {
+        key,
+        span,
+        from,
+        to,
+        truncated,
+    })
+}
+
 /// OHLCV candles of one instrument.
 #[utoipa::path(get, path = "/prices/{symbol}/history", tag = "prices",
     params(("symbol" = SymbolFmt, Path, description = "Symbol, any case"), CandleParams),
@@ -114,27 +161,14 @@ async fn get_candles(
     sym: SymbolPath,
     Q(q): Q<CandleParams>,
 ) -> ApiResult<Json<CandlesDto>> {
-    let key = sym.key(q.market.as_deref())?;
-    let span = parse_interval(
-        "interval",
-        q.interval.as_deref(),
-        Span::MINUTE,
-        &intervals(),
-    )?;
-    let (from_q, to_q) = (time_param("from", q.from)?, time_param("to", q.to)?);
     let now = now_ms();
-    let to_raw = to_q.unwrap_or(now).min(now);
-    let from_raw = from_q
-        .unwrap_or(to_raw - Span::DAY.ms())
-        .max(kept_from(&st, now));
-    let to = span.floor(to_raw) + span.ms();
-    let from = span.floor(from_raw).min(to);
-    let earliest = to - MAX_CANDLES * span.ms();
-    let (from, truncated) = if from < earliest {
-        (earliest, true)
-    } else {
-        (from, false)
-    };
+    let CandleRange {
+        key,
+        span,
+        from,
+        to,
+        truncated,
+    } = candle_range(&sym, &q, now, kept_from(&st, now))?;
     let inst = known_id(&st, &key).await?;
     let mut conn = st.db.acquire().await?;
     let cs = read::candles(&mut conn, inst, span, from, to).await?;

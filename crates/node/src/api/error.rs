@@ -30,6 +30,9 @@ pub enum ApiError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
+    /// 413: a body over the configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// 415: a body that is not declared as JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -85,6 +88,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -115,6 +119,7 @@ impl ApiError {
             Self::Unauthorized(d) => Problem::new(s, "unauthorized", d.clone()),
             Self::Forbidden(d) => Problem::new(s, "forbidden", d.clone()),
             Self::Conflict(d) => Problem::new(s, "conflict", d.clone()),
+            Self::PayloadTooLarge(d) => Problem::new(s, "payload-too-large", d.clone()),
             Self::UnsupportedMediaType(d) => Problem::new(s, "unsupported-media-type", d.clone()),
             Self::TooManyRequests { detail, .. } => {
                 Problem::new(s, "too-many-requests", detail.clone())

@@ -4,6 +4,7 @@
 
 use super::error::{ApiError, ApiResult};
 use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::Uri;
 use axum::http::request::Parts;
 use pricefeed_domain::bucket::Span;
 use pricefeed_domain::instrument::{InstrumentKey, Market, Symbol};
@@ -20,12 +21,17 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(t)| Q(t))
-            .map_err(super::query_problem)
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        query(&parts.uri).map(Q)
     }
+}
+
+/// The query string of `uri` as `T`, or the 400 problem [`Q`] answers with; what [`Q`] runs,
+/// public for the query fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn query<T: DeserializeOwned>(uri: &Uri) -> ApiResult<T> {
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(t)| t)
+        .map_err(super::query_problem)
 }
 
 /// A numeric id path segment (`{id}`) with a problem+json rejection (400, `param` = `id`).
@@ -39,6 +45,13 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::param("id", e.body_text()))?;
+        IdPath::parse(&raw)
+    }
+}
+
+impl IdPath {
+    /// The decoded `{id}` segment: a positive integer.
+    pub fn parse(raw: &str) -> ApiResult<Self> {
         raw.parse::<i64>()
             .ok()
             .filter(|id| *id > 0)
@@ -58,13 +71,18 @@ impl<S: Send + Sync> FromRequestParts<S> for SymbolPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::param("symbol", e.body_text()))?;
-        Symbol::parse(&raw)
-            .map(SymbolPath)
-            .map_err(|e| ApiError::param("symbol", e.to_string()))
+        SymbolPath::parse(&raw)
     }
 }
 
 impl SymbolPath {
+    /// The decoded `{symbol}` segment.
+    pub fn parse(raw: &str) -> ApiResult<Self> {
+        Symbol::parse(raw)
+            .map(SymbolPath)
+            .map_err(|e| ApiError::param("symbol", e.to_string()))
+    }
+
     /// The instrument key on `market` (default spot).
     pub fn key(&self, market: Option<&str>) -> ApiResult<InstrumentKey> {
         Ok(InstrumentKey::new(parse_market(market)?, &self.0))

@@ -273,17 +273,9 @@ pub struct DerivativeParams {
     cursor: Option<String>,
 }
 
-/// Derivatives, filtered and ordered by symbol.
-#[utoipa::path(get, path = "/derivatives", tag = "instruments", params(DerivativeParams),
-    responses(
-        (status = 200, body = Page<DerivativeDto>),
-        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
-        (status = 503, description = "Postgres or Redis unavailable", content_type = "application/problem+json"),
-    ))]
-async fn list_derivatives(
-    State(st): State<AppState>,
-    Q(q): Q<DerivativeParams>,
-) -> ApiResult<Json<Page<DerivativeDto>>> {
+/// The filter of `GET /derivatives` (400 naming the parameter). Pure, and public for the query
+/// fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn derivative_filter(q: DerivativeParams) -> ApiResult<DerivativeFilter> {
     let limit = page_limit(q.limit)?;
     let underlying = symbol_param("underlying", q.underlying.as_deref())?;
     symbol_param("cursor", q.cursor.as_deref())?;
@@ -305,18 +297,31 @@ async fn list_derivatives(
             })
         })
         .transpose()?;
-    let rows = instruments::list_derivatives(
-        &st.db,
-        &DerivativeFilter {
-            underlying,
-            kind,
-            expiry_before_ms: q.expiry_before,
-            after: q.cursor,
-            limit,
-        },
-    )
-    .await
-    .map_err(ApiError::from)?;
+    Ok(DerivativeFilter {
+        underlying,
+        kind,
+        expiry_before_ms: q.expiry_before,
+        after: q.cursor,
+        limit,
+    })
+}
+
+/// Derivatives, filtered and ordered by symbol.
+#[utoipa::path(get, path = "/derivatives", tag = "instruments", params(DerivativeParams),
+    responses(
+        (status = 200, body = Page<DerivativeDto>),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+        (status = 503, description = "Postgres or Redis unavailable", content_type = "application/problem+json"),
+    ))]
+async fn list_derivatives(
+    State(st): State<AppState>,
+    Q(q): Q<DerivativeParams>,
+) -> ApiResult<Json<Page<DerivativeDto>>> {
+    let filter = derivative_filter(q)?;
+    let limit = filter.limit;
+    let rows = instruments::list_derivatives(&st.db, &filter)
+        .await
+        .map_err(ApiError::from)?;
     let mut items: Vec<DerivativeDto> = rows
         .into_iter()
         .map(|r| derivative_dto(r.inner, r.delisted_at.is_none()))

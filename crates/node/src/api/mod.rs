@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod ingest;
 pub mod instruments;
+pub mod limits;
 pub mod node;
 pub mod prices;
 pub mod schema;
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         )
         .split_for_parts();
     schema::with_vwap_intervals(&mut spec, &state.vwap.intervals);
+    schema::with_limit_responses(&mut spec);
     let api = api.with_state(state);
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", spec))
         .merge(dashboard::router())

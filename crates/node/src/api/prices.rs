@@ -228,17 +228,9 @@ async fn get_price(
     })
 }
 
-/// Latest trades of up to 500 instruments of one market.
-#[utoipa::path(get, path = "/prices", tag = "prices", params(BatchParams),
-    responses(
-        (status = 200, body = PricesDto),
-        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable", content_type = "application/problem+json"),
-    ))]
-async fn get_prices(
-    State(st): State<AppState>,
-    Q(q): Q<BatchParams>,
-) -> ApiResult<Json<PricesDto>> {
+/// The instruments `GET /prices?symbols=` asks for, in order without repeats. Pure, and public
+/// for the query fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn batch_keys(q: &BatchParams) -> ApiResult<Vec<InstrumentKey>> {
     let market = parse_market(q.market.as_deref())?;
     // Exactly the documented list: no empty entries, no spaces, 1 to MAX_BATCH symbols.
     if q.symbols.split(',').count() > MAX_BATCH {
@@ -255,6 +247,21 @@ async fn get_prices(
             keys.push(k);
         }
     }
+    Ok(keys)
+}
+
+/// Latest trades of up to 500 instruments of one market.
+#[utoipa::path(get, path = "/prices", tag = "prices", params(BatchParams),
+    responses(
+        (status = 200, body = PricesDto),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", content_type = "application/problem+json"),
+    ))]
+async fn get_prices(
+    State(st): State<AppState>,
+    Q(q): Q<BatchParams>,
+) -> ApiResult<Json<PricesDto>> {
+    let keys = batch_keys(&q)?;
     let found = lookup(&st, &keys).await?;
     let mut items = Vec::new();
     let mut missing = Vec::new();

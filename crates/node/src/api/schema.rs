@@ -134,6 +134,58 @@ pub fn with_vwap_intervals(spec: &mut OpenApi, intervals: &[Span]) {
     }
 }
 
+/// Adds the answers of the request limits ([`super::limits`]) to every operation of `spec`: a
+/// 429 with `Retry-After` everywhere (the per-address limit covers every route), and a 413 on
+/// operations that take a body (`node.limits.max_body_bytes`). An operation that documents its
+/// own 429 (the login and registration limits) keeps its description.
+pub fn with_limit_responses(spec: &mut OpenApi) {
+    use utoipa::openapi::ContentBuilder;
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::response::ResponseBuilder;
+
+    let problem = || ContentBuilder::new().build();
+    let too_many = ResponseBuilder::new()
+        .description(
+            "Too many requests from this client address or user (`node.limits`); \
+             `Retry-After` says how many seconds to wait",
+        )
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                ))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        )
+        .content("application/problem+json", problem())
+        .build();
+    let too_large = ResponseBuilder::new()
+        .description("The request body is larger than `node.limits.max_body_bytes`")
+        .content("application/problem+json", problem())
+        .build();
+    for item in spec.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            let r = &mut op.responses.responses;
+            r.entry("429".into())
+                .or_insert_with(|| too_many.clone().into());
+            if op.request_body.is_some() {
+                r.entry("413".into())
+                    .or_insert_with(|| too_large.clone().into());
+            }
+        }
+    }
+}
+
 /// The candle lengths of `GET /prices/{symbol}/history`.
 pub const CANDLE_INTERVALS: [&str; 6] = ["1m", "5m", "15m", "1h", "4h", "1d"];
 

@@ -187,17 +187,9 @@ pub struct RankingDto {
     pub next_cursor: Option<String>,
 }
 
-/// The ranking table of one group (seed 003), paginated.
-#[utoipa::path(get, path = "/stats", tag = "stats", params(RankingParams),
-    responses(
-        (status = 200, body = RankingDto),
-        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable", content_type = "application/problem+json"),
-    ))]
-async fn list_stats(
-    State(st): State<AppState>,
-    Q(q): Q<RankingParams>,
-) -> ApiResult<Json<RankingDto>> {
+/// The group (`market:QUOTE`), page size and offset of `GET /stats` (400 naming the
+/// parameter). Pure, and public for the query fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn ranking_query(q: &RankingParams) -> ApiResult<(String, i64, i64)> {
     let market = parse_market(q.market.as_deref())?;
     let quote = q.group.as_deref().unwrap_or("USDT");
     if quote.is_empty() || quote.len() > 20 || !quote.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -219,6 +211,21 @@ async fn list_stats(
             .ok_or_else(|| ApiError::param("cursor", "cursor must come from next_cursor"))?,
     };
     let group = format!("{market}:{}", quote.to_ascii_uppercase());
+    Ok((group, limit, offset))
+}
+
+/// The ranking table of one group (seed 003), paginated.
+#[utoipa::path(get, path = "/stats", tag = "stats", params(RankingParams),
+    responses(
+        (status = 200, body = RankingDto),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", content_type = "application/problem+json"),
+    ))]
+async fn list_stats(
+    State(st): State<AppState>,
+    Q(q): Q<RankingParams>,
+) -> ApiResult<Json<RankingDto>> {
+    let (group, limit, offset) = ranking_query(&q)?;
     let mut redis = st.redis.clone();
     let (members, of): (Vec<String>, u64) = redis::pipe()
         .cmd("ZREVRANGE")

@@ -17,6 +17,7 @@ use axum::extract::State;
 use pricefeed_domain::bucket::Span;
 use pricefeed_domain::instrument::InstrumentKey;
 use pricefeed_domain::trade::EARLIEST_TRADE_MS;
+use pricefeed_store::history::VwapConfig;
 use pricefeed_store::history::read::{self, window_sums};
 use pricefeed_store::protocol::{VwapDoc, vwap_field};
 use rust_decimal::Decimal;
@@ -101,36 +102,58 @@ async fn get_vwap(
     sym: SymbolPath,
     Q(q): Q<VwapParams>,
 ) -> ApiResult<Json<VwapDoc>> {
-    let key = sym.key(q.market.as_deref())?;
-    let interval = parse_interval(
-        "interval",
-        q.interval.as_deref(),
-        st.vwap.default_interval,
-        &st.vwap.intervals,
-    )?;
     let now = now_ms();
-    match time_param("at", q.at)? {
+    let (key, interval, at) = vwap_query(
+        &sym,
+        &q,
+        &st.vwap,
+        now,
+        kept_from(&st, now),
+        st.retention.buckets_days,
+    )?;
+    match at {
         None => latest(&st, &key, interval).await.map(Json),
         Some(at) => {
-            if at > now {
-                return Err(ApiError::not_found(
-                    "no-data",
-                    format!("at={at} is in the future: no VWAP as of then yet"),
-                ));
-            }
-            if at < kept_from(&st, now) {
-                return Err(ApiError::not_found(
-                    "no-data",
-                    format!(
-                        "at={at} is older than the {} days history is kept",
-                        st.retention.buckets_days
-                    ),
-                ));
-            }
             let inst = known_id(&st, &key).await?;
             as_of(&st, &key, inst, interval, at).await.map(Json)
         }
     }
+}
+
+/// The instrument, interval and `at` (`None`: latest) of a VWAP request at `now`, with history
+/// kept since `kept_from` (`buckets_days` only words the error). Pure, and public for the query
+/// fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn vwap_query(
+    sym: &SymbolPath,
+    q: &VwapParams,
+    vwap: &VwapConfig,
+    now: i64,
+    kept_from: i64,
+    buckets_days: u32,
+) -> ApiResult<(InstrumentKey, Span, Option<i64>)> {
+    let key = sym.key(q.market.as_deref())?;
+    let interval = parse_interval(
+        "interval",
+        q.interval.as_deref(),
+        vwap.default_interval,
+        &vwap.intervals,
+    )?;
+    let at = time_param("at", q.at)?;
+    if let Some(at) = at {
+        if at > now {
+            return Err(ApiError::not_found(
+                "no-data",
+                format!("at={at} is in the future: no VWAP as of then yet"),
+            ));
+        }
+        if at < kept_from {
+            return Err(ApiError::not_found(
+                "no-data",
+                format!("at={at} is older than the {buckets_days} days history is kept"),
+            ));
+        }
+    }
+    Ok((key, interval, at))
 }
 
 async fn latest(st: &AppState, key: &InstrumentKey, interval: Span) -> ApiResult<VwapDoc> {
@@ -246,6 +269,51 @@ pub struct VwapHistoryDto {
     pub points: Vec<VwapPointDto>,
 }
 
+/// What one VWAP history request reads: points of `interval` from `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VwapRange {
+    pub key: InstrumentKey,
+    pub interval: Span,
+    pub from: i64,
+    pub to: i64,
+    /// More than [`MAX_POINTS`] were asked for; `from` was moved up.
+    pub truncated: bool,
+}
+
+/// The range of a VWAP history request at `now`, with history kept since `kept_from`. Pure,
+/// and public for the query fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+pub fn vwap_history_range(
+    sym: &SymbolPath,
+    q: &VwapHistoryParams,
+    vwap: &VwapConfig,
+    now: i64,
+    kept_from: i64,
+) -> ApiResult<VwapRange> {
+    let key = sym.key(q.market.as_deref())?;
+    let interval = parse_interval(
+        "interval",
+        q.interval.as_deref(),
+        vwap.default_interval,
+        &vwap.intervals,
+    )?;
+    let (from_q, to_q) = (time_param("from", q.from)?, time_param("to", q.to)?);
+    let to = to_q.unwrap_or(now).min(now);
+    let from = from_q.unwrap_or(to - Span::DAY.ms()).max(kept_from).min(to);
+    let earliest = to - MAX_POINTS * vwap.history_cadence.ms();
+    let (from, truncated) = if from < earliest {
+        (earliest, true)
+    } else {
+        (from, false)
+    };
+    Ok(VwapRange {
+        key,
+        interval,
+        from,
+        to,
+        truncated,
+    })
+}
+
 /// Stored VWAP history (one point per cadence), validated points told apart.
 #[utoipa::path(get, path = "/vwap/{symbol}/history", tag = "vwap",
     params(("symbol" = SymbolFmt, Path, description = "Symbol, any case"), VwapHistoryParams),
@@ -260,27 +328,15 @@ async fn get_vwap_history(
     sym: SymbolPath,
     Q(q): Q<VwapHistoryParams>,
 ) -> ApiResult<Json<VwapHistoryDto>> {
-    let key = sym.key(q.market.as_deref())?;
-    let interval = parse_interval(
-        "interval",
-        q.interval.as_deref(),
-        st.vwap.default_interval,
-        &st.vwap.intervals,
-    )?;
-    let (from_q, to_q) = (time_param("from", q.from)?, time_param("to", q.to)?);
     let now = now_ms();
-    let to = to_q.unwrap_or(now).min(now);
+    let VwapRange {
+        key,
+        interval,
+        from,
+        to,
+        truncated,
+    } = vwap_history_range(&sym, &q, &st.vwap, now, kept_from(&st, now))?;
     let cadence = st.vwap.history_cadence;
-    let from = from_q
-        .unwrap_or(to - Span::DAY.ms())
-        .max(kept_from(&st, now))
-        .min(to);
-    let earliest = to - MAX_POINTS * cadence.ms();
-    let (from, truncated) = if from < earliest {
-        (earliest, true)
-    } else {
-        (from, false)
-    };
     let inst = known_id(&st, &key).await?;
     let stored = read::vwap_history(&st.db, inst, interval, from, to).await?;
     let mut points: Vec<VwapPointDto> = stored

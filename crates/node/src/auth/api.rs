@@ -3,17 +3,17 @@
 //!
 //! Passwords are hashed with Argon2id (OWASP minimum parameters, the crate's defaults) on the
 //! blocking pool, never on the async workers. Logins are limited per client address and per
-//! account, cluster-wide, with fixed one-minute windows in Redis (a node that cannot reach
-//! Redis limits with its own counters instead). A wrong password and an unknown email answer the
+//! account, registrations per client address, cluster-wide, with fixed one-minute windows in
+//! Redis (a node that cannot reach Redis limits with its own counters instead); the client
+//! address is [`ClientIp`] (`X-Forwarded-For` only from `node.limits.trusted_proxies`). A wrong password and an unknown email answer the
 //! same 401 after the same work.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use pricefeed_store::alerts::{self as store, AccountError};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use utoipa_axum::routes;
 use super::Role;
 use super::extract::{AdminUser, JsonBody};
 use crate::api::error::{ApiError, ApiResult};
+use crate::api::limits::ClientIp;
 use crate::ingest::connector::now_ms;
 use crate::state::AppState;
 
@@ -141,14 +142,25 @@ async fn verify_password(password: String, hash: String) -> bool {
         (status = 409, description = "Email already registered", content_type = "application/problem+json"),
         (status = 415, description = "Body not sent as application/json", content_type = "application/problem+json"),
         (status = 422, description = "Invalid email or password (field named)", content_type = "application/problem+json"),
+        (status = 429, description = "Too many registrations from this address (`auth.register_per_address_per_min`) or requests (`node.limits`)", content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable", content_type = "application/problem+json"),
     ))]
 async fn register(
     State(st): State<AppState>,
+    ClientIp(client): ClientIp,
     JsonBody(c): JsonBody<Credentials>,
 ) -> ApiResult<(StatusCode, Json<Account>)> {
     let email = normalize_email(&c.email)?;
     check_password(&c.password)?;
+    // Each registration costs an Argon2 hash and a row: bounded per address, cluster-wide.
+    limit(
+        &st,
+        "register-ip",
+        &client.to_string(),
+        st.auth.register_per_address_per_min,
+        "registrations",
+    )
+    .await?;
     let hash = hash_password(c.password).await?;
     let id = store::create_user(&st.db, &email, &hash, "user")
         .await
@@ -170,7 +182,13 @@ async fn register(
 }
 
 /// Counts one attempt of `who` against `limit` per minute; `Err` with the wait when over.
-async fn limit(st: &AppState, name: &str, who: &str, limit: u32) -> Result<(), ApiError> {
+async fn limit(
+    st: &AppState,
+    name: &str,
+    who: &str,
+    limit: u32,
+    what: &str,
+) -> Result<(), ApiError> {
     let window = now_ms() / 60_000;
     let key = st.keys.rate_limit(name, who, window);
     let mut redis = st.redis.clone();
@@ -189,7 +207,7 @@ async fn limit(st: &AppState, name: &str, who: &str, limit: u32) -> Result<(), A
     if n > i64::from(limit) {
         let wait = 60_000 - now_ms() % 60_000;
         return Err(ApiError::TooManyRequests {
-            detail: format!("too many login attempts; at most {limit} per minute"),
+            detail: format!("too many {what}; at most {limit} per minute"),
             retry_after: Some(Duration::from_millis(wait as u64)),
         });
     }
@@ -209,15 +227,16 @@ async fn limit(st: &AppState, name: &str, who: &str, limit: u32) -> Result<(), A
     ))]
 async fn token(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     JsonBody(c): JsonBody<Credentials>,
 ) -> ApiResult<Json<TokenPair>> {
     let email = normalize_email(&c.email)?;
     limit(
         &st,
         "login-ip",
-        &peer.ip().to_string(),
+        &client.to_string(),
         st.auth.login_per_address_per_min,
+        "login attempts",
     )
     .await?;
     limit(
@@ -225,6 +244,7 @@ async fn token(
         "login-account",
         &email,
         st.auth.login_per_account_per_min,
+        "login attempts",
     )
     .await?;
     let user = store::user_by_email(&st.db, &email).await?;

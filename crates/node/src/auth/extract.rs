@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -77,8 +78,8 @@ impl FromRequestParts<AppState> for AdminUser {
 }
 
 /// `Json<T>` whose rejections name the offending field: a body that is not JSON is a 400 (a
-/// missing or other content type a 415), a JSON body with a missing, unknown or mistyped field a
-/// 422.
+/// missing or other content type a 415, one over `node.limits.max_body_bytes` a 413), a JSON
+/// body with a missing, unknown or mistyped field a 422.
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
@@ -90,17 +91,39 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(t)) => Ok(JsonBody(t)),
-            Err(JsonRejection::JsonDataError(e)) => {
-                let text = e.body_text();
-                Err(ApiError::field(&field_of(&text), text))
-            }
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
-                "expected a JSON body with `Content-Type: application/json`".into(),
-            )),
-            Err(e) => Err(ApiError::param("body", e.body_text())),
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|axum::Json(t)| JsonBody(t))
+            .map_err(json_problem)
+    }
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// A body already read: the decoding and the errors of [`FromRequest`] (axum's extractor
+    /// checks the content type and reads the body, then decodes it with the same
+    /// `Json::from_bytes`). Public for the query fuzz target (`fuzz/fuzz_targets/api_query.rs`).
+    pub fn from_bytes(body: &[u8]) -> Result<Self, ApiError> {
+        axum::Json::<T>::from_bytes(body)
+            .map(|axum::Json(t)| JsonBody(t))
+            .map_err(json_problem)
+    }
+}
+
+fn json_problem(e: JsonRejection) -> ApiError {
+    match e {
+        JsonRejection::JsonDataError(e) => {
+            let text = e.body_text();
+            ApiError::field(&field_of(&text), text)
         }
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "expected a JSON body with `Content-Type: application/json`".into(),
+        ),
+        // The body limit (`DefaultBodyLimit`, set from `node.limits.max_body_bytes`).
+        e if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
+            "the request body is larger than this server accepts (node.limits.max_body_bytes)"
+                .into(),
+        ),
+        e => ApiError::param("body", e.body_text()),
     }
 }
 

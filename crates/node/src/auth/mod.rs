@@ -38,6 +38,8 @@ pub struct AuthConfig {
     pub login_per_address_per_min: u32,
     /// Logins allowed per account per minute (cluster-wide).
     pub login_per_account_per_min: u32,
+    /// Registrations allowed per client address per minute (cluster-wide).
+    pub register_per_address_per_min: u32,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -60,6 +62,7 @@ impl Default for AuthConfig {
             refresh_ttl_ms: 30 * 86_400_000,
             login_per_address_per_min: 20,
             login_per_account_per_min: 10,
+            register_per_address_per_min: 10,
         }
     }
 }
@@ -93,6 +96,9 @@ impl Validate for AuthConfig {
                 "login_per_address_per_min",
                 "login limits must be at least 1",
             );
+        }
+        if self.register_per_address_per_min == 0 {
+            return k("register_per_address_per_min", "must be at least 1");
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! - 1001 the node is shutting down;
 //! - 1008 sustained message-rate abuse, or a slow consumer (its outgoing queue overflowed, or
 //!   the socket did not take a batch of frames within `send_timeout_ms`);
-//! - 1009 a message larger than `max_frame_bytes`;
+//! - 1009 a message larger than `max_frame_bytes` (after a `too_big` error frame);
 //! - 1000 idle: no frame at all (pongs count) within `idle_timeout_ms`.
 //!
 //! The task writes only what the outbox holds, so the hub never waits for this socket; and it
@@ -83,12 +83,14 @@ impl End {
 }
 
 /// A close we initiate: code and reason; `stuck` when the socket no longer takes writes (the
-/// close frame is still tried, briefly).
+/// close frame is still tried, briefly); `error`: an error frame sent before the close frame,
+/// for clients that read frames but not close reasons.
 struct Closing {
     end: End,
     code: u16,
     reason: String,
     stuck: bool,
+    error: Option<String>,
 }
 
 impl Closing {
@@ -98,6 +100,25 @@ impl Closing {
             code,
             reason: reason.into(),
             stuck: false,
+            error: None,
+        }
+    }
+
+    /// 1009 with a `too_big` error frame first.
+    fn too_big(max: usize) -> Self {
+        let reason = format!("message larger than {max} bytes");
+        let error = Reply::Error {
+            code: "too_big",
+            message: &format!(
+                "{reason} (node.stream.max_frame_bytes); the connection is closed with 1009"
+            ),
+            op: None,
+            channel: None,
+        }
+        .to_json();
+        Self {
+            error: Some(error),
+            ..Self::new(End::TooBig, 1009, reason)
         }
     }
 }
@@ -212,8 +233,7 @@ where
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Err(e)) => {
                         if too_big(&e) {
-                            break Some(Closing::new(End::TooBig, 1009, format!(
-                                "message larger than {} bytes", cfg.max_frame_bytes)));
+                            break Some(Closing::too_big(cfg.max_frame_bytes));
                         }
                         break None;
                     }
@@ -221,8 +241,7 @@ where
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                         let len = match &m { Message::Text(t) => t.len(), Message::Binary(b) => b.len(), _ => 0 };
                         if len > cfg.max_frame_bytes {
-                            break Some(Closing::new(End::TooBig, 1009, format!(
-                                "message larger than {} bytes", cfg.max_frame_bytes)));
+                            break Some(Closing::too_big(cfg.max_frame_bytes));
                         }
                         match c.rate.check(std::time::Instant::now()) {
                             Verdict::Allow => {}
@@ -284,11 +303,13 @@ where
     } else {
         Duration::from_secs(1)
     };
-    if !matches!(
-        tokio::time::timeout(budget, sink.send(frame)).await,
-        Ok(Ok(()))
-    ) || cl.stuck
-    {
+    let send = async {
+        if let Some(e) = cl.error {
+            sink.feed(Message::Text(e.into())).await?;
+        }
+        sink.send(frame).await
+    };
+    if !matches!(tokio::time::timeout(budget, send).await, Ok(Ok(()))) || cl.stuck {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
@@ -868,6 +889,18 @@ mod tests {
             ]
         );
         tx.send(text(&"x".repeat(300))).unwrap();
+        // An error frame saying why, then the close frame.
+        match rx.recv().await {
+            Some(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(
+                    (&v["type"], &v["code"]),
+                    (&"error".into(), &"too_big".into())
+                );
+                assert!(v["message"].as_str().unwrap().contains("256 bytes"), "{v}");
+            }
+            other => panic!("{other:?}"),
+        }
         match rx.recv().await {
             Some(Message::Close(Some(f))) => assert_eq!(f.code, 1009),
             other => panic!("{other:?}"),
