@@ -257,6 +257,14 @@ pub fn base_env(database_url: &str) -> Vec<(String, String)> {
             "PRICEFEED__AUTH__REGISTER_PER_ADDRESS_PER_MIN".into(),
             "1000000".into(),
         ),
+        (
+            "PRICEFEED__NODE__LIMITS__PER_USER_WRITES_BURST".into(),
+            "1000".into(),
+        ),
+        (
+            "PRICEFEED__NODE__LIMITS__PER_USER_WRITES_PER_MIN".into(),
+            "10000".into(),
+        ),
         ("RUST_LOG".into(), "info".into()),
     ]
 }

@@ -299,7 +299,7 @@ impl RouteMetrics {
         ROUTE_METRICS.with_borrow_mut(|local| {
             if let Some(m) = local
                 .get(route)
-                .and_then(|v| v.iter().find(|m| std::ptr::eq(m.method, method)))
+                .and_then(|v| v.iter().find(|m| m.method == method))
             {
                 return *m;
             }
@@ -314,10 +314,7 @@ impl RouteMetrics {
         static ALL: std::sync::Mutex<Vec<&'static RouteMetrics>> =
             std::sync::Mutex::new(Vec::new());
         let mut all = ALL.lock().expect("route metrics lock");
-        if let Some(m) = all
-            .iter()
-            .find(|m| std::ptr::eq(m.method, method) && m.route == route)
-        {
+        if let Some(m) = all.iter().find(|m| m.method == method && m.route == route) {
             return m;
         }
         let route = intern(route);
