@@ -9,17 +9,16 @@
 //! owned the instrument at the time; and every trigger's email reached a real SMTP server
 //! (`tests/smtp/sink.py`, through a `pricefeed-scheduler worker`) exactly once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use pricefeed_store::protocol::Keys;
+use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User};
+use pricefeed_tests::drill::{listen_alert_events, single_owner, spot_truth};
 use pricefeed_tests::smtp::SmtpSink;
 use pricefeed_tests::{
     Proc, Sim, base_env, fresh_database, get_json, http_client, key_prefix, migrate,
-    seed_from_catalogue, sign_up, signal, start_nodes, start_schedulers, wait_for, wall_ms,
+    seed_from_catalogue, signal, start_nodes, start_schedulers, wait_for, wall_ms,
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -27,37 +26,12 @@ use serde_json::{Value, json};
 const READY: Duration = Duration::from_secs(30);
 const KEY: &str = "spot:BTCUSDT";
 
-/// A trade of the simulator's ground truth.
-#[derive(Debug, Clone)]
-struct T {
-    id: u64,
-    price: Decimal,
-    time: i64,
-}
-
 fn dec(v: &Value) -> Decimal {
     Decimal::from_str(
         v.as_str()
             .unwrap_or_else(|| panic!("not a decimal string: {v}")),
     )
     .unwrap()
-}
-
-async fn truth(http: &reqwest::Client, control: &str) -> Vec<T> {
-    let url = format!(
-        "http://{control}/control/truth/trades?market=spot&symbol=BTCUSDT&fromId=0&limit=1000000"
-    );
-    let v = get_json(http, &url).await.unwrap();
-    v["trades"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| T {
-            id: t["id"].as_u64().unwrap(),
-            price: dec(&t["price"]),
-            time: t["time"].as_i64().unwrap(),
-        })
-        .collect()
 }
 
 /// The node whose ingest lists `KEY` as live.
@@ -87,71 +61,6 @@ async fn wait_owner(http: &reqwest::Client, nodes: &[&Proc], not: Option<&str>) 
         assert!(Instant::now() < until, "{KEY} has no live owner");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-struct User {
-    http: reqwest::Client,
-    token: String,
-}
-
-impl User {
-    async fn create(&self, node: &Proc, body: Value) -> Value {
-        let r = self
-            .http
-            .post(node.url("/api/v1/alerts"))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "{body}");
-        r.json().await.unwrap()
-    }
-
-    async fn get(&self, node: &Proc, path: &str) -> Value {
-        let r = self
-            .http
-            .get(node.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        r.json().await.unwrap()
-    }
-}
-
-/// Collects every alert event published on the cluster's channel.
-async fn listen(prefix: &str) -> Arc<Mutex<Vec<Value>>> {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let client = redis::Client::open(pricefeed_tests::redis_url()).unwrap();
-    let mut ps = client.get_async_pubsub().await.unwrap();
-    ps.subscribe(Keys::new(prefix).alert_events())
-        .await
-        .unwrap();
-    let sink = got.clone();
-    tokio::spawn(async move {
-        let mut s = ps.into_on_message();
-        while let Some(m) = s.next().await {
-            let p: String = m.get_payload().unwrap();
-            sink.lock().unwrap().push(serde_json::from_str(&p).unwrap());
-        }
-    });
-    got
-}
-
-/// The first trade of `truth` at or after `from_ms` whose move from the previous trade crosses
-/// `thr` in the alert's direction.
-fn first_crossing(truth: &[T], up: bool, thr: Decimal, from_ms: i64) -> Option<&T> {
-    truth.windows(2).find_map(|w| {
-        let (prev, cur) = (&w[0], &w[1]);
-        let crosses = if up {
-            prev.price < thr && cur.price >= thr
-        } else {
-            prev.price > thr && cur.price <= thr
-        };
-        (prev.time >= from_ms && crosses).then_some(cur)
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +104,7 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
     let keys = seed_from_catalogue(&http, &sim, &db).await;
     assert!(keys.contains(KEY), "{keys:?}");
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    let events = listen(&prefix).await;
+    let events = listen_alert_events(&prefix).await;
     let _sched = start_schedulers(&["sched"], &env).await;
     let worker = Proc::start_ready(
         "worker",
@@ -207,6 +116,16 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
     .unwrap();
     let mut nodes = start_nodes(&["n1", "n2"], &env).await;
 
+    // Settled first: the scheduler may hand everything to the first node up and then balance.
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
+    let until = Instant::now() + READY;
+    loop {
+        match single_owner(&http, &urls, &keys).await {
+            Ok(sizes) if sizes.values().all(|s| *s > 0) => break,
+            r => assert!(Instant::now() < until, "slices never settled: {r:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let refs: Vec<&Proc> = nodes.iter().collect();
     let first_owner = wait_owner(&http, &refs, None).await;
     let other = nodes.iter().position(|n| n.name != first_owner).unwrap();
@@ -216,16 +135,7 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
     );
 
     // A user, registered and signed in through the node that does not own the instrument.
-    let user = User {
-        http: http.clone(),
-        token: sign_up(
-            &http,
-            &nodes[other],
-            "trader@example.com",
-            "correct horse battery",
-        )
-        .await,
-    };
+    let user = User::sign_up(&http, &nodes[other], "trader@example.com").await;
 
     // 1. Created on the non-owner, fired by the owner within seconds, pushed once.
     let created = Instant::now();
@@ -299,46 +209,20 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
         assert!(Instant::now() < until, "no BTCUSDT price on the other node");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut ladder: Vec<(i64, bool, Decimal, i64)> = Vec::new(); // (id, up, threshold, created ms)
-    for i in 1..=8 {
-        let step = Decimal::new(8 * i, 4); // 0.08 % steps
-        for (up, thr) in [
-            (true, p * (Decimal::ONE + step)),
-            (false, p * (Decimal::ONE - step)),
-        ] {
-            let thr = thr.round_dp(2);
-            let a = user
-                .create(
-                    &nodes[other],
-                    json!({"symbol": "BTCUSDT", "condition": if up { "crosses_up" } else { "crosses_down" },
-                           "threshold": thr.to_string(), "channels": ["email", "websocket"]}),
-                )
-                .await;
-            ladder.push((
-                a["id"].as_i64().unwrap(),
-                up,
-                thr,
-                a["created_at"].as_i64().unwrap(),
-            ));
-        }
-    }
-    // Re-arming alerts at a few levels around the price (some of them get crossed repeatedly).
-    let mut rearms: Vec<(i64, Decimal, i64)> = Vec::new(); // (id, threshold, created ms)
-    for k in -5i64..=5 {
-        let thr = (p * (Decimal::ONE + Decimal::new(2 * k, 4))).round_dp(2);
-        let a = user
-            .create(
-                &nodes[other],
-                json!({"symbol": "BTCUSDT", "condition": "crosses_up", "threshold": thr.to_string(),
-                       "channels": ["websocket"], "rearm": {"cooldown_ms": 1000, "hysteresis_pct": "0.01"}}),
-            )
-            .await;
-        rearms.push((
-            a["id"].as_i64().unwrap(),
-            thr,
-            a["created_at"].as_i64().unwrap(),
-        ));
-    }
+    let ladder = Ladder::create(
+        &user,
+        &nodes[other],
+        p,
+        LadderSpec {
+            symbol: "BTCUSDT",
+            rungs: 8,
+            step_bp: 8,
+            rearm_span: 5,
+            rearm_cooldown_ms: 1000,
+            channels: &["email", "websocket"],
+        },
+    )
+    .await;
 
     // 3. Run, SIGKILL the owner mid-run, let a third node join, keep running.
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -399,127 +283,23 @@ async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move()
 
     // 5. Everything against the simulator's ground truth.
     let end_ms = wall_ms() - 2_000;
-    let truth = truth(&http, &control).await;
-    let by_id: HashMap<u64, usize> = truth.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-    let rows: Vec<(i64, i64, Decimal, i64, String)> = sqlx::query_as(
-        "SELECT alert_id, trade_id, price, trade_ts_ms, node_id FROM alert_triggers ORDER BY trade_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let mut triggers: BTreeMap<i64, Vec<(u64, Decimal, i64, String)>> = BTreeMap::new();
-    for (a, t, p, ts, n) in rows {
-        triggers.entry(a).or_default().push((t as u64, p, ts, n));
-    }
-    let crossing_ok = |up: bool, thr: Decimal, id: u64, price: Decimal| -> Result<(), String> {
-        let i = *by_id
-            .get(&id)
-            .ok_or(format!("trade {id} is not in the truth"))?;
-        let (prev, cur) = (&truth[i - 1], &truth[i]);
-        if cur.price != price {
-            return Err(format!(
-                "trade {id}: stored price {price}, truth {}",
-                cur.price
-            ));
-        }
-        let ok = if up {
-            prev.price <= thr && cur.price >= thr
-        } else {
-            prev.price >= thr && cur.price <= thr
-        };
-        ok.then_some(()).ok_or(format!(
-            "trade {id} ({} → {}) does not cross {thr} {}",
-            prev.price,
-            cur.price,
-            if up { "upwards" } else { "downwards" }
-        ))
-    };
-    let (mut fired, mut quiet) = (0, 0);
-    for (id, up, thr, created_ms) in &ladder {
-        let got = triggers.get(id).cloned().unwrap_or_default();
-        assert!(
-            got.len() <= 1,
-            "one-shot alert {id} fired {} times: {got:?}",
-            got.len()
-        );
-        // Propagation to the owner takes well under 2 s; crossings after that must fire.
-        let must =
-            first_crossing(&truth, *up, *thr, created_ms + 2_000).filter(|t| t.time < end_ms);
-        match (got.first(), must) {
-            (Some((tid, price, _, _)), must) => {
-                crossing_ok(*up, *thr, *tid, *price).unwrap_or_else(|e| panic!("alert {id}: {e}"));
-                if let Some(m) = must {
-                    assert!(
-                        *tid <= m.id,
-                        "alert {id} fired on {tid}, after the crossing {}",
-                        m.id
-                    );
-                }
-                fired += 1;
-            }
-            (None, Some(m)) => panic!(
-                "alert {id} ({} {thr}) missed the crossing by trade {} at {} (created {created_ms}, owner killed at {killed_at})",
-                if *up { "up" } else { "down" },
-                m.id,
-                m.time
-            ),
-            (None, None) => quiet += 1,
-        }
-    }
-    let mut refired = 0;
-    for (id, thr, created_ms) in &rearms {
-        let re = triggers.get(id).cloned().unwrap_or_default();
-        let crossings = truth
-            .windows(2)
-            .filter(|w| w[0].time >= *created_ms && w[0].price < *thr && w[1].price >= *thr)
-            .count();
-        println!(
-            "re-arming alert at {thr}: {crossings} upward crossings in the truth, {} firings",
-            re.len()
-        );
-        for (tid, price, _, _) in &re {
-            crossing_ok(true, *thr, *tid, *price)
-                .unwrap_or_else(|e| panic!("re-arming alert {id}: {e}"));
-        }
-        for w in re.windows(2) {
-            assert!(
-                w[1].2 - w[0].2 >= 2_000,
-                "alert {id} fired within its cooldown: {re:?}"
-            );
-        }
-        if let Some(m) =
-            first_crossing(&truth, true, *thr, created_ms + 2_000).filter(|t| t.time < end_ms)
-        {
-            assert!(
-                re.first().is_some_and(|f| f.0 <= m.id),
-                "re-arming alert {id} missed its first crossing (trade {}): {re:?}",
-                m.id
-            );
-        }
-        refired += re.len();
-    }
+    let truth = spot_truth(&http, &control, "BTCUSDT").await;
+    let pushed = events.lock().unwrap().clone();
+    let r = ladder.check(&pool, &truth, Some(&pushed), end_ms).await;
     println!(
-        "{} truth trades; ladder: {fired} fired, {quiet} never crossed; re-arming alerts fired {refired} \
-         times; events pushed: {}",
+        "{} truth trades; ladder: {} fired, {} never crossed; re-arming alerts fired {} times; \
+         events pushed: {}",
         truth.len(),
-        events.lock().unwrap().len()
+        r.fired,
+        r.quiet,
+        r.refired,
+        r.pushed
     );
-    assert!(fired >= 4, "too few crossings to mean anything ({fired})");
-    // Every pushed event is a committed trigger, pushed once.
-    let mut seen = std::collections::HashSet::new();
-    for e in events.lock().unwrap().iter() {
-        assert!(
-            seen.insert(e["trigger_id"].as_i64().unwrap()),
-            "pushed twice: {e}"
-        );
-        let a = e["alert_id"].as_i64().unwrap();
-        assert!(
-            triggers
-                .get(&a)
-                .is_some_and(|v| v.iter().any(|t| t.0 == e["trade_id"].as_u64().unwrap())),
-            "event without a committed trigger: {e}"
-        );
-    }
+    assert!(
+        r.fired >= 4,
+        "too few crossings to mean anything ({})",
+        r.fired
+    );
 
     // 6. Every email of every trigger reached the SMTP server exactly once, through the kill.
     let res = wait_for(Duration::from_secs(60), || async {

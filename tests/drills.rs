@@ -6,8 +6,12 @@
 //! flush). Throughout: every node answers every known instrument's price with 200 (the last one
 //! it saw, with its age) — never a 404 or a 503 — `/livez` answers 200 and `/readyz` answers 503
 //! naming `redis`, each well within the probe client's 1 s timeout; the owner keeps ingesting.
-//! After: the registry, the assignment and the price hash are rebuilt, and every node serves
-//! fresh prices again. The drill prints the slowest answers and the recovery time.
+//! After: the registry, the assignment, the price hash and the σ ranking are rebuilt, and every
+//! node serves fresh prices again. A ladder of crossing alerts on the hot pair, created before
+//! the outage, is checked against the simulator's truth: every crossing during and after the
+//! outage fired exactly once (triggers are committed to Postgres, which stayed up), and Postgres
+//! holds every trade of the hot pair from before the outage to after. The drill prints the
+//! slowest answers, the recovery times and the alert counts.
 //!
 //! **Flapping broker**: the simulator cuts a connection at 0.05 % of its messages (hot pairs
 //! at 500 trades/s, so every connection is cut every few seconds) for
@@ -40,14 +44,16 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use pricefeed_tests::drill::env_secs;
+use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User};
+use pricefeed_tests::drill::{Accounted, env_secs, spot_truth, stored_vs_truth};
 use pricefeed_tests::netns::NetNs;
 use pricefeed_tests::pg::PrivatePostgres;
 use pricefeed_tests::sentinel::{self, RedisHa};
 use pricefeed_tests::{
     PrivateRedis, Proc, Sim, base_env, fresh_database, get_json, http_client, key_prefix, migrate,
-    seed_from_catalogue, start_nodes, start_schedulers, wait_for,
+    seed_from_catalogue, start_nodes, start_schedulers, wait_for, wall_ms,
 };
+use rust_decimal::Decimal;
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(60);
@@ -106,13 +112,22 @@ async fn redis_outage_costs_freshness_not_answers() {
     let setup_http = http_client(Duration::from_secs(10));
     // The probes' client: an answer slower than this is a failure of the drill.
     let http = http_client(Duration::from_secs(1));
-    let sim = Sim::start_small(&[("UNDERLYINGS", "2"), ("HOT_SYMBOLS", "1")]).await;
+    // Volatile prices, so thresholds near the price get crossed during the run.
+    let sim = Sim::start_small(&[
+        ("UNDERLYINGS", "2"),
+        ("HOT_SYMBOLS", "1"),
+        ("VOL_SCALE", "20.0"),
+        ("HISTORY_DEPTH_HOT", "400000"),
+    ])
+    .await;
+    let control = sim.port("control");
     let mut redis = PrivateRedis::new();
     redis.start().await;
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);
     env.extend(sim.broker_env());
     env.push(("PRICEFEED__REDIS__URL".into(), redis.url()));
+    env.push(("PRICEFEED__ALERTS__RESYNC_MS".into(), "2000".into()));
     migrate(&env, READY).await;
     let all = seed_from_catalogue(&setup_http, &sim, &db).await;
     // Spot pairs and perpetuals: they trade all the time (options only now and then).
@@ -149,6 +164,47 @@ async fn redis_outage_costs_freshness_not_answers() {
         "{} keys served by 3 nodes; spot:BTCUSDT owned by {}",
         keys.len(),
         owner.name
+    );
+
+    // Alerts on BTCUSDT, created through a node that does not own it, and the σ ranking as it
+    // stands (it needs one completed minute of closes).
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let via = nodes.iter().find(|n| n.name != owner.name).unwrap();
+    let user = User::sign_up(&setup_http, via, "outage@example.com").await;
+    let btc = get_json(&setup_http, &via.url("/api/v1/prices/BTCUSDT"))
+        .await
+        .unwrap();
+    let p: Decimal = btc["price"].as_str().unwrap().parse().unwrap();
+    let first_id = btc["trade_id"].as_u64().unwrap();
+    let ladder = Ladder::create(
+        &user,
+        via,
+        p,
+        LadderSpec {
+            symbol: "BTCUSDT",
+            rungs: 8,
+            step_bp: 6,
+            rearm_span: 3,
+            rearm_cooldown_ms: 1000,
+            channels: &["websocket"],
+        },
+    )
+    .await;
+    let t0 = Instant::now();
+    let ranked_before = loop {
+        let r = ranking(&setup_http, via).await;
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(75),
+            "no σ ranking after 75 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "{} alerts around BTCUSDT {p}; σ ranking of spot:USDT: {ranked_before:?}",
+        ladder.one_shot.len() + ladder.rearms.len()
     );
 
     // The outage.
@@ -248,6 +304,73 @@ async fn redis_outage_costs_freshness_not_answers() {
         back_at.elapsed().as_millis()
     );
     assert!(stored as usize >= keys.len(), "price hash rebuilt");
+
+    // The ranking is rebuilt in the empty Redis, on every node.
+    let res = wait_for(READY, || async {
+        for n in &nodes {
+            if !ranking(&setup_http, n).await.is_superset(&ranked_before) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(res.is_ok(), "σ ranking not rebuilt: {ranked_before:?}");
+    println!(
+        "σ ranking rebuilt on every node {} ms after Redis came back",
+        back_at.elapsed().as_millis()
+    );
+
+    // Alerts through the outage against the truth: fired once on every crossing, none doubled.
+    let end_ms = wall_ms() - 2_000;
+    let truth = spot_truth(&setup_http, &control, "BTCUSDT").await;
+    let r = ladder.check(&pool, &truth, None, end_ms).await;
+    println!(
+        "alerts: ladder {} fired once, {} never crossed; re-arming alerts fired {} times, each a \
+         real crossing; triggers committed by {:?}",
+        r.fired, r.quiet, r.refired, r.by_node
+    );
+    assert!(r.fired + r.refired >= 2, "too few firings to mean anything");
+
+    // Postgres holds every BTCUSDT trade from before the outage to now.
+    let last_id = get_json(&setup_http, &owner.url("/api/v1/prices/BTCUSDT"))
+        .await
+        .unwrap()["trade_id"]
+        .as_u64()
+        .unwrap();
+    let range = [(
+        "spot:BTCUSDT".to_string(),
+        Accounted {
+            first: first_id,
+            last: last_id,
+            ..Accounted::default()
+        },
+    )]
+    .into();
+    let until = Instant::now() + READY;
+    let n = loop {
+        match stored_vs_truth(&pool, &setup_http, &control, &range).await {
+            Ok(n) => break n,
+            Err(p) => assert!(Instant::now() < until, "stored ≠ truth: {p:#?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("Postgres holds all {n} BTCUSDT trades {first_id}..={last_id}, across the outage");
+}
+
+/// Symbols in the σ ranking of spot pairs quoted in USDT, as `node` answers it (empty when it
+/// does not answer).
+async fn ranking(http: &reqwest::Client, node: &Proc) -> BTreeSet<String> {
+    let Ok(v) = get_json(http, &node.url("/api/v1/stats?group=USDT&market=spot")).await else {
+        return BTreeSet::new();
+    };
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["rank"]["position"].is_u64())
+        .filter_map(|i| i["symbol"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

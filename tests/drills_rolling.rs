@@ -24,16 +24,17 @@
 //! is backfilled (accepted == truth), Postgres holds exactly the truth, and reconciliation
 //! validates past the storm.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User};
 use pricefeed_tests::drill::{
-    OwnershipWatch, accepted_vs_truth, env_secs, first_crossing, is_crossing, listen_alert_events,
-    single_owner, spot_truth, stored_vs_truth,
+    OwnershipWatch, accepted_vs_truth, env_secs, listen_alert_events, single_owner, spot_truth,
+    stored_vs_truth,
 };
 use pricefeed_tests::{
     Proc, Sim, base_env, bin, fresh_database, get_json, http_client, key_prefix, migrate,
-    seed_from_catalogue, sign_up, start_nodes, start_schedulers, wait_for, wall_ms,
+    seed_from_catalogue, start_nodes, start_schedulers, wait_for, wall_ms,
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -62,26 +63,6 @@ async fn converged(http: &reqwest::Client, nodes: &[Proc], keys: &BTreeSet<Strin
             Err(e) if Instant::now() > until => panic!("{what}: not converged: {e}"),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-    }
-}
-
-struct User {
-    http: reqwest::Client,
-    token: String,
-}
-
-impl User {
-    async fn create(&self, node: &Proc, body: Value) -> Value {
-        let r = self
-            .http
-            .post(node.url("/api/v1/alerts"))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "{body}");
-        r.json().await.unwrap()
     }
 }
 
@@ -133,16 +114,7 @@ async fn a_rolling_restart_under_load_loses_nothing() {
 
     // Alerts on BTCUSDT, created through n1: a ladder of one-shot crossings around the price
     // and re-arming crossings near it.
-    let user = User {
-        http: http.clone(),
-        token: sign_up(
-            &http,
-            &nodes[0],
-            "roller@example.com",
-            "correct horse battery",
-        )
-        .await,
-    };
+    let user = User::sign_up(&http, &nodes[0], "roller@example.com").await;
     let url = nodes[0].url("/api/v1/prices/BTCUSDT");
     let until = Instant::now() + READY;
     let p: Decimal = loop {
@@ -154,49 +126,24 @@ async fn a_rolling_restart_under_load_loses_nothing() {
         assert!(Instant::now() < until, "no BTCUSDT price");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut ladder: Vec<(i64, bool, Decimal, i64)> = Vec::new(); // (id, up, threshold, created)
-    for i in 1..=8 {
-        let step = Decimal::new(6 * i, 4); // 0.06 % steps
-        for (up, thr) in [
-            (true, p * (Decimal::ONE + step)),
-            (false, p * (Decimal::ONE - step)),
-        ] {
-            let thr = thr.round_dp(2);
-            let a = user
-                .create(
-                    &nodes[0],
-                    json!({"symbol": "BTCUSDT", "condition": if up { "crosses_up" } else { "crosses_down" },
-                           "threshold": thr.to_string(), "channels": ["websocket"]}),
-                )
-                .await;
-            ladder.push((
-                a["id"].as_i64().unwrap(),
-                up,
-                thr,
-                a["created_at"].as_i64().unwrap(),
-            ));
-        }
-    }
-    let mut rearms: Vec<(i64, Decimal, i64)> = Vec::new();
-    for k in -4i64..=4 {
-        let thr = (p * (Decimal::ONE + Decimal::new(2 * k, 4))).round_dp(2);
-        let a = user
-            .create(
-                &nodes[0],
-                json!({"symbol": "BTCUSDT", "condition": "crosses_up", "threshold": thr.to_string(),
-                       "channels": ["websocket"], "rearm": {"cooldown_ms": 1000, "hysteresis_pct": "0.01"}}),
-            )
-            .await;
-        rearms.push((
-            a["id"].as_i64().unwrap(),
-            thr,
-            a["created_at"].as_i64().unwrap(),
-        ));
-    }
+    let ladder = Ladder::create(
+        &user,
+        &nodes[0],
+        p,
+        LadderSpec {
+            symbol: "BTCUSDT",
+            rungs: 8,
+            step_bp: 6,
+            rearm_span: 4,
+            rearm_cooldown_ms: 1000,
+            channels: &["websocket"],
+        },
+    )
+    .await;
     println!(
         "{} one-shot and {} re-arming alerts around BTCUSDT {p}",
-        ladder.len(),
-        rearms.len()
+        ladder.one_shot.len(),
+        ladder.rearms.len()
     );
 
     // The roll.
@@ -327,103 +274,20 @@ async fn a_rolling_restart_under_load_loses_nothing() {
     // Alerts against the truth.
     let end_ms = wall_ms() - 2_000;
     let truth = spot_truth(&http, &control, "BTCUSDT").await;
-    let by_id: HashMap<u64, usize> = truth.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-    let rows: Vec<(i64, i64, Decimal, i64, String)> = sqlx::query_as(
-        "SELECT alert_id, trade_id, price, trade_ts_ms, node_id FROM alert_triggers ORDER BY trade_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let mut triggers: BTreeMap<i64, Vec<(u64, Decimal, i64, String)>> = BTreeMap::new();
-    for (a, t, p, ts, n) in rows {
-        triggers.entry(a).or_default().push((t as u64, p, ts, n));
-    }
-    let (mut fired, mut quiet) = (0, 0);
-    for (id, up, thr, created_ms) in &ladder {
-        let got = triggers.get(id).cloned().unwrap_or_default();
-        assert!(
-            got.len() <= 1,
-            "one-shot alert {id} fired {} times: {got:?}",
-            got.len()
-        );
-        // Propagation to the owner takes well under 2 s; crossings after that must fire.
-        let must =
-            first_crossing(&truth, *up, *thr, created_ms + 2_000).filter(|t| t.time < end_ms);
-        match (got.first(), must) {
-            (Some((tid, price, _, _)), must) => {
-                is_crossing(&truth, &by_id, *up, *thr, *tid, *price)
-                    .unwrap_or_else(|e| panic!("alert {id}: {e}"));
-                if let Some(m) = must {
-                    assert!(
-                        *tid <= m.id,
-                        "alert {id} fired on {tid}, after the crossing {}",
-                        m.id
-                    );
-                }
-                fired += 1;
-            }
-            (None, Some(m)) => panic!(
-                "alert {id} ({} {thr}) missed the crossing by trade {} at {} (created {created_ms})",
-                if *up { "up" } else { "down" },
-                m.id,
-                m.time
-            ),
-            (None, None) => quiet += 1,
-        }
-    }
-    let mut refired = 0;
-    for (id, thr, created_ms) in &rearms {
-        let re = triggers.get(id).cloned().unwrap_or_default();
-        for (tid, price, _, _) in &re {
-            is_crossing(&truth, &by_id, true, *thr, *tid, *price)
-                .unwrap_or_else(|e| panic!("re-arming alert {id}: {e}"));
-        }
-        for w in re.windows(2) {
-            assert!(
-                w[0].0 < w[1].0,
-                "alert {id} fired twice on one trade: {re:?}"
-            );
-            assert!(
-                w[1].2 - w[0].2 >= 1_000,
-                "alert {id} fired within its cooldown: {re:?}"
-            );
-        }
-        if let Some(m) =
-            first_crossing(&truth, true, *thr, created_ms + 2_000).filter(|t| t.time < end_ms)
-        {
-            assert!(
-                re.first().is_some_and(|f| f.0 <= m.id),
-                "re-arming alert {id} missed its first crossing (trade {}): {re:?}",
-                m.id
-            );
-        }
-        refired += re.len();
-    }
-    // Every pushed event is a committed trigger, pushed once.
     let pushed = events.lock().unwrap().clone();
-    let mut seen = std::collections::HashSet::new();
-    for e in &pushed {
-        assert!(
-            seen.insert(e["trigger_id"].as_i64().unwrap()),
-            "pushed twice: {e}"
-        );
-        let a = e["alert_id"].as_i64().unwrap();
-        assert!(
-            triggers
-                .get(&a)
-                .is_some_and(|v| v.iter().any(|t| t.0 == e["trade_id"].as_u64().unwrap())),
-            "event without a committed trigger: {e}"
-        );
-    }
-    let by_node: BTreeSet<&str> = triggers.values().flatten().map(|t| t.3.as_str()).collect();
+    let r = ladder.check(&pool, &truth, Some(&pushed), end_ms).await;
     println!(
-        "alerts: {} BTCUSDT truth trades; ladder {fired} fired once, {quiet} never crossed; \
-         re-arming alerts fired {refired} times, each a real crossing; {} events pushed, each \
-         once; triggers committed by {by_node:?}",
+        "alerts: {} BTCUSDT truth trades; ladder {} fired once, {} never crossed; re-arming \
+         alerts fired {} times, each a real crossing; {} events pushed, each once; triggers \
+         committed by {:?}",
         truth.len(),
-        pushed.len()
+        r.fired,
+        r.quiet,
+        r.refired,
+        r.pushed,
+        r.by_node
     );
-    assert!(fired + refired >= 3, "too few firings to mean anything");
+    assert!(r.fired + r.refired >= 3, "too few firings to mean anything");
     for s in &steps {
         println!("  {s}");
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+pub mod alert_ladder;
 pub mod browser;
 pub mod drill;
 pub mod netns;

@@ -304,7 +304,12 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
 
 impl Engine {
     pub fn new(cfg: SimConfig) -> Arc<Self> {
-        let start_us = now_us();
+        Self::starting_at(cfg, now_us())
+    }
+
+    /// An engine whose world starts at `start_us` (µs since the epoch): two engines with the
+    /// same seed and start generate the same trades.
+    pub fn starting_at(cfg: SimConfig, start_us: i64) -> Arc<Self> {
         let cat = Catalogue::generate(
             CatalogueParams {
                 seed: cfg.seed,
@@ -690,9 +695,12 @@ mod tests {
             ids_follow_clock: false,
             ..cfg()
         };
-        let a = Engine::new(replay());
-        let b = Engine::new(replay());
-        let t0 = now_us() + 1_000_000;
+        // One start for both: arrival times count from it, so engines started a few µs apart
+        // would disagree about the trades right at a tick's edge.
+        let start = now_us();
+        let a = Engine::starting_at(replay(), start);
+        let b = Engine::starting_at(replay(), start);
+        let t0 = start + 1_000_000;
         for k in 0..5 {
             a.tick(t0 + k * 100_000);
             b.tick(t0 + k * 100_000);

@@ -557,3 +557,82 @@ async fn a_clean_burst_arrives_complete_without_backfill() {
     assert_eq!(s["duplicates"], 0, "{s}");
     assert_eq!(accepted, last - first + 1, "{s}");
 }
+
+/// A flush whose answer was lost (the script ran, the reply timed out) is retried with the same
+/// token and not counted twice; a new batch counts again; another node's flush of a field this
+/// node holds the live claim of is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_flush_is_counted_once() {
+    use pricefeed_node::ingest::publish::{self, FlushWork};
+    use pricefeed_node::ingest::state::{FlushEntry, Latest};
+    use rust_decimal::Decimal;
+
+    let url = std::env::var("PRICEFEED_TEST_REDIS_URL").expect("PRICEFEED_TEST_REDIS_URL");
+    let mut redis = pricefeed_store::redis_conn::connect(&pricefeed_runtime::config::RedisConfig {
+        url: pricefeed_runtime::secret::SecretUrl::new(url),
+        key_prefix: "unused".into(),
+        sentinel: None,
+    })
+    .await
+    .unwrap();
+    let prefix = unique("pf_flush");
+    let keys = Keys::new(&prefix);
+    let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
+    let entry = |accepted: u64, id: u64| FlushEntry {
+        key: key.clone(),
+        latest: Some(Latest {
+            price: Decimal::new(100, 0),
+            qty: Decimal::ONE,
+            trade_id: id,
+            ts_ms: 1,
+        }),
+        accepted,
+        first_id: Some(1),
+    };
+    let script = publish::flush_script();
+    let count = |mut r: pricefeed_store::redis_conn::RedisConn| {
+        let keys = keys.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(keys.accepted())
+                .arg("spot:BTCUSDT")
+                .query_async::<Option<u64>>(&mut r)
+                .await
+                .unwrap()
+        }
+    };
+    let first = FlushWork {
+        token: "inc:1".into(),
+        entries: vec![entry(5, 5)],
+        released: Vec::new(),
+    };
+    let a = publish::flush(&mut redis, &script, &prefix, "n1", &first)
+        .await
+        .unwrap();
+    assert!(!a.duplicate);
+    assert_eq!(a.published, 1);
+    let again = publish::flush(&mut redis, &script, &prefix, "n1", &first)
+        .await
+        .unwrap();
+    assert!(again.duplicate, "the retry was applied again");
+    assert_eq!(count(redis.clone()).await, Some(5));
+
+    let next = FlushWork {
+        token: "inc:2".into(),
+        entries: vec![entry(3, 8)],
+        released: Vec::new(),
+    };
+    let b = publish::flush(&mut redis, &script, &prefix, "n1", &next)
+        .await
+        .unwrap();
+    assert!(!b.duplicate);
+    assert_eq!(count(redis.clone()).await, Some(8));
+
+    // Another node with the same token text is not mistaken for n1, and is fenced.
+    let c = publish::flush(&mut redis, &script, &prefix, "n2", &next)
+        .await
+        .unwrap();
+    assert!(!c.duplicate);
+    assert_eq!(c.fenced, vec!["spot:BTCUSDT".to_string()]);
+    assert_eq!(count(redis.clone()).await, Some(8));
+}

@@ -251,6 +251,13 @@ pub const METRICS: &[Metric] = &[
         by: N,
         help: "Instruments whose flush Redis refused because another node holds the live claim (this node was cut off while its slice moved; decision 0013).",
     },
+    Metric {
+        name: "pricefeed_ingest_flush_retries_applied_total",
+        kind: Counter,
+        labels: &[],
+        by: N,
+        help: "Flush retries Redis recognised as already applied (the first answer was lost, e.g. a response timeout): counted once, not twice.",
+    },
     // --- HTTP server and limits ---
     Metric {
         name: "pricefeed_server_connections",

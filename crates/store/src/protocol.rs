@@ -123,6 +123,11 @@ impl Keys {
     pub fn first_accepted(&self) -> String {
         self.k("ingest:first")
     }
+    /// The token of the last flush each node applied (field = node id): a flush retried after an
+    /// answer that never arrived is recognised and not counted twice.
+    pub fn flush_tokens(&self) -> String {
+        self.k("ingest:flushed")
+    }
     /// Which node holds each instrument's live claim: flushes from any other node are refused.
     pub fn live_claims(&self) -> String {
         self.k("live")

@@ -307,9 +307,15 @@ async fn flush_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     let mut last_gauges = Instant::now();
-    // Entries whose write failed are retried with the next tick (merged, newest price wins).
-    let mut carry: Vec<state::FlushEntry> = Vec::new();
-    let mut carry_released: Vec<(InstrumentKey, u64)> = Vec::new();
+    // A batch whose write failed is retried as it was, with its token, before anything newer:
+    // its answer may have been lost after Redis applied it. Newer work waits in `queued`
+    // (merged, newest price wins).
+    let incarnation = uuid::Uuid::new_v4().simple().to_string();
+    let mut flushes: u64 = 0;
+    let mut inflight: Option<publish::FlushWork> = None;
+    let mut queued: Vec<state::FlushEntry> = Vec::new();
+    let mut queued_released: Vec<(InstrumentKey, u64)> = Vec::new();
+    let duplicates = metrics::counter!("pricefeed_ingest_flush_retries_applied_total");
     loop {
         let stopping = tokio::select! {
             () = token.cancelled() => true,
@@ -344,25 +350,30 @@ async fn flush_loop(
         for g in batch.gaps {
             let _ = gaps.send(g);
         }
-        let mut entries = std::mem::take(&mut carry);
-        merge_entries(&mut entries, batch.entries);
-        let mut released = std::mem::take(&mut carry_released);
-        released.extend(batch.released);
-        if !entries.is_empty() || !released.is_empty() {
-            match publish::flush(
-                &mut redis,
-                &script,
-                &deps.prefix,
-                &deps.node_id,
-                &entries,
-                &released,
-            )
-            .await
-            {
+        merge_entries(&mut queued, batch.entries);
+        queued_released.extend(batch.released);
+        // The retried batch first, then (same tick) what queued up meanwhile.
+        for _ in 0..2 {
+            if inflight.is_none() && (!queued.is_empty() || !queued_released.is_empty()) {
+                flushes += 1;
+                inflight = Some(publish::FlushWork {
+                    token: format!("{incarnation}:{flushes}"),
+                    entries: std::mem::take(&mut queued),
+                    released: std::mem::take(&mut queued_released),
+                });
+            }
+            let Some(work) = inflight.as_ref() else {
+                break;
+            };
+            match publish::flush(&mut redis, &script, &deps.prefix, &deps.node_id, work).await {
                 Ok(flushed) => {
+                    inflight = None;
                     if failing {
                         tracing::info!("price flush to redis recovered");
                         failing = false;
+                    }
+                    if flushed.duplicate {
+                        duplicates.increment(1);
                     }
                     if !flushed.fenced.is_empty() {
                         fenced(&core, &flushed.fenced);
@@ -373,8 +384,7 @@ async fn flush_loop(
                         tracing::warn!(error = %e, "price flush to redis failed; retrying next tick");
                         failing = true;
                     }
-                    carry = entries;
-                    carry_released = released;
+                    break;
                 }
             }
         }

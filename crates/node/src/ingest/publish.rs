@@ -10,6 +10,10 @@
 //!   per instrument and the lowest accepted id. Incremented in the same atomic script as the
 //!   price, so a node killed between flushes loses its unflushed count together with the price
 //!   advance, and the next owner (starting after the stored id) re-accepts exactly those trades.
+//! - `{prefix}:ingest:flushed` hash, field node id = the token of the last flush it applied. The
+//!   counters are increments, so a flush whose answer was lost (a response timeout after the
+//!   script ran) must not be applied again: the node retries the same batch with the same token
+//!   until it gets an answer, and the script skips a token it has already applied.
 //! - `{prefix}:handover:market:SYMBOL`: "released at epoch E", set with the final flush of an
 //!   instrument this node lost; the new owner goes live when it sees it.
 //! - `{prefix}:live` hash, field `market:SYMBOL` = the node that went live on it last. Going
@@ -42,15 +46,17 @@ pub fn price_doc(key: &InstrumentKey, l: &Latest) -> PriceDoc {
     }
 }
 
-// KEYS: 1 prices, 2 accepted, 3 first, 4 live claims, 5.. handover markers.
-// ARGV: 1 channel, 2 n entries, 3 node id, then 5 per entry (field, trade_id or '', json, delta,
-// first or ''), then one epoch per marker key. Returns {published, fenced field, ...}.
+// KEYS: 1 prices, 2 accepted, 3 first, 4 live claims, 5 flush tokens, 6.. handover markers.
+// ARGV: 1 channel, 2 n entries, 3 node id, 4 flush token, then 5 per entry (field, trade_id or
+// '', json, delta, first or ''), then one epoch per marker key. Returns {published, fenced field,
+// ...}, or {-1} when this token was applied already.
 const FLUSH: &str = r"
 local n = tonumber(ARGV[2])
 local me = ARGV[3]
+if redis.call('HGET', KEYS[5], me) == ARGV[4] then return {-1} end
 local ticks = {}
 local fenced = {}
-local i = 4
+local i = 5
 for _ = 1, n do
   local field, id, json, delta, first = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2], tonumber(ARGV[i+3]), ARGV[i+4]
   i = i + 5
@@ -78,10 +84,11 @@ for _ = 1, n do
     end
   end
 end
-for k = 5, #KEYS do
+for k = 6, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'PX', 600000)
   i = i + 1
 end
+redis.call('HSET', KEYS[5], me, ARGV[4])
 if #ticks > 0 then redis.call('PUBLISH', ARGV[1], '[' .. table.concat(ticks, ',') .. ']') end
 local out = {#ticks}
 for _, f in ipairs(fenced) do out[#out + 1] = f end
@@ -91,32 +98,47 @@ return out
 /// What one flush did.
 #[derive(Debug, Default)]
 pub struct Flushed {
+    /// The batch had been applied already (this is a retry whose first answer was lost).
+    pub duplicate: bool,
     /// Prices newer than Redis' (written and published).
     pub published: i64,
     /// `market:SYMBOL` fields refused because another node holds the live claim.
     pub fenced: Vec<String>,
 }
 
-/// Writes one flush tick as `node_id`.
+/// One batch of flush work, with the token that makes retrying it safe.
+#[derive(Debug, Default)]
+pub struct FlushWork {
+    pub token: String,
+    pub entries: Vec<FlushEntry>,
+    pub released: Vec<(InstrumentKey, u64)>,
+}
+
+/// Writes one flush batch as `node_id`. Call again with the very same `work` after an error:
+/// if the first call was applied, the retry is recognised and changes nothing.
 pub async fn flush(
     conn: &mut RedisConn,
     script: &Script,
     prefix: &str,
     node_id: &str,
-    entries: &[FlushEntry],
-    released: &[(InstrumentKey, u64)],
+    work: &FlushWork,
 ) -> redis::RedisResult<Flushed> {
+    let (entries, released) = (&work.entries, &work.released);
     let keys = Keys::new(prefix);
     let mut inv = script.prepare_invoke();
     inv.key(keys.prices())
         .key(keys.accepted())
         .key(keys.first_accepted())
-        .key(keys.live_claims());
+        .key(keys.live_claims())
+        .key(keys.flush_tokens());
     for (k, _) in released {
         inv.key(keys.handover(k));
     }
-    inv.arg(keys.price_ticks()).arg(entries.len()).arg(node_id);
-    for e in entries {
+    inv.arg(keys.price_ticks())
+        .arg(entries.len())
+        .arg(node_id)
+        .arg(&work.token);
+    for e in entries.iter() {
         inv.arg(e.key.as_str());
         match &e.latest {
             Some(l) => {
@@ -134,7 +156,7 @@ pub async fn flush(
             None => inv.arg(""),
         };
     }
-    for (_, epoch) in released {
+    for (_, epoch) in released.iter() {
         inv.arg(*epoch);
     }
     let out: Vec<redis::Value> = inv.invoke_async(conn).await?;
@@ -143,10 +165,20 @@ pub async fn flush(
         Some(redis::Value::Int(n)) => n,
         _ => 0,
     };
+    if published < 0 {
+        return Ok(Flushed {
+            duplicate: true,
+            ..Flushed::default()
+        });
+    }
     let fenced = it
         .filter_map(|v| redis::from_redis_value::<String>(v).ok())
         .collect();
-    Ok(Flushed { published, fenced })
+    Ok(Flushed {
+        duplicate: false,
+        published,
+        fenced,
+    })
 }
 
 // KEYS: 1 prices, 2 live claims, then one handover marker per instrument.

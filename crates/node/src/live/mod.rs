@@ -285,6 +285,7 @@ async fn load_one(core: &Arc<Mutex<Core>>, deps: &LiveDeps, job: &Load) -> anyho
             with_tap(core, |t| {
                 if let Some(s) = t.slot_mut(*slot, *generation) {
                     s.group = group;
+                    s.rebuilt = true;
                     s.live
                         .apply_validated(rec.through_ms, &rec.secs, &rec.minutes);
                     for tr in &rec.tail {

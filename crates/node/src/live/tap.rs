@@ -46,6 +46,10 @@ pub struct Slot {
     pub last: Option<(u64, Decimal)>,
     /// Rank group (`market:QUOTE`), known once the rebuild ran.
     pub group: Option<String>,
+    /// Whether Postgres' history is in the windows. Until then they hold only the trades since
+    /// this node went live (an empty or partial window), so nothing is published: the previous
+    /// owner's values stay in Redis instead of being replaced by a wrong one.
+    pub rebuilt: bool,
     /// What was published last per interval, and when (ms), to skip unchanged values.
     published: Vec<Option<(Sums, bool, i64)>>,
 }
@@ -117,7 +121,7 @@ impl LiveTap {
     /// whose sums or validation changed, and the others every `refresh_ms`.
     pub fn vwap_docs(&mut self, now_ms: i64, refresh_ms: i64) -> Vec<VwapDoc> {
         let mut out = Vec::new();
-        for s in self.slots.iter_mut().flatten() {
+        for s in self.slots.iter_mut().flatten().filter(|s| s.rebuilt) {
             s.live.advance(now_ms);
             let through = s.live.through();
             for (i, v) in s.live.vwaps().into_iter().enumerate() {
@@ -148,7 +152,7 @@ impl LiveTap {
     /// 24 h statistics of every owned instrument, with σ and the rank group when known.
     pub fn stats_docs(&mut self, now_ms: i64) -> Vec<StatsDoc> {
         let mut out = Vec::new();
-        for s in self.slots.iter_mut().flatten() {
+        for s in self.slots.iter_mut().flatten().filter(|s| s.rebuilt) {
             s.live.advance(now_ms);
             let st = s.live.stats();
             let (market, symbol) = (s.key.market(), s.key.symbol_str());
@@ -232,6 +236,7 @@ impl Consumer for LiveTap {
             live_from: None,
             last: None,
             group: None,
+            rebuilt: false,
             published: vec![None; self.spec.intervals.len()],
         });
         self.by_key.insert(key.clone(), slot);
@@ -260,5 +265,58 @@ impl Consumer for LiveTap {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn trade<'a>(key: &'a InstrumentKey, sym: &'a Arc<str>, id: u64, ts_ms: i64) -> Accepted<'a> {
+        Accepted {
+            key,
+            symbol: sym,
+            slot: 0,
+            id,
+            price: Decimal::new(100, 0),
+            qty: Decimal::ONE,
+            ts_ms,
+            buyer_is_maker: false,
+            backfill: false,
+            gaps_open: false,
+        }
+    }
+
+    #[test]
+    fn nothing_is_published_before_the_rebuild_brought_history_in() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut tap = LiveTap::new(WindowSpec::new(vec![Span::MINUTE], Span::DAY), tx);
+        let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
+        let sym: Arc<str> = Arc::from("BTCUSDT");
+        tap.gained(0, &key);
+        tap.live(0, &key, Resume::default());
+        assert!(matches!(rx.try_recv(), Ok(Load::Rebuild { slot: 0, .. })));
+        let now = crate::ingest::connector::now_ms();
+        tap.on_trade(&trade(&key, &sym, 7, now));
+        // Only the trades since going live: a VWAP over a few seconds labelled 1m, or σ of
+        // nothing, would replace the previous owner's values.
+        assert!(tap.vwap_docs(now + 1_000, 0).is_empty());
+        assert!(tap.stats_docs(now + 1_000).is_empty());
+
+        let generation = tap.slot_ref(0).unwrap().generation;
+        tap.slot_mut(0, generation).unwrap().rebuilt = true;
+        let v = tap.vwap_docs(now + 1_000, 0);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].trade_count, 1);
+        assert_eq!(tap.stats_docs(now + 1_000).len(), 1);
+
+        // A new generation (the instrument came back) starts unbuilt again.
+        tap.lost(0, &key);
+        tap.gained(0, &key);
+        assert!(tap.vwap_docs(now + 2_000, 0).is_empty());
     }
 }
