@@ -384,61 +384,18 @@ impl RestClient {
         if let Some(f) = from_id {
             q.push(("fromId", f.to_string()));
         }
-        let id = |path: &'static str, id: i64| {
-            u64::try_from(id).map_err(|_| RestError::Decode {
-                market,
-                path,
-                detail: format!("negative trade id {id}"),
-            })
-        };
         match market {
             Market::Spot => {
-                const P: &str = "/api/v3/historicalTrades";
-                let rows: Vec<RestTrade> = self.get(market, P, &q).await?;
-                rows.into_iter()
-                    .map(|r| {
-                        Ok(Trade {
-                            symbol: symbol.clone(),
-                            trade_id: id(P, r.id)?,
-                            price: r.price,
-                            qty: r.qty,
-                            ts_ms: r.time,
-                            buyer_is_maker: r.is_buyer_maker,
-                        })
-                    })
-                    .collect()
+                self.trade_page::<RestTrade>(market, "/api/v3/historicalTrades", symbol, &q)
+                    .await
             }
             Market::Usdm => {
-                const P: &str = "/fapi/v1/aggTrades";
-                let rows: Vec<RestAggTrade> = self.get(market, P, &q).await?;
-                rows.into_iter()
-                    .map(|r| {
-                        Ok(Trade {
-                            symbol: symbol.clone(),
-                            trade_id: id(P, r.agg_id)?,
-                            price: r.price,
-                            qty: r.qty,
-                            ts_ms: r.time,
-                            buyer_is_maker: r.buyer_is_maker,
-                        })
-                    })
-                    .collect()
+                self.trade_page::<RestAggTrade>(market, "/fapi/v1/aggTrades", symbol, &q)
+                    .await
             }
             Market::Options => {
-                const P: &str = "/eapi/v1/historicalTrades";
-                let rows: Vec<OptionTrade> = self.get(market, P, &q).await?;
-                rows.into_iter()
-                    .map(|r| {
-                        Ok(Trade {
-                            symbol: symbol.clone(),
-                            trade_id: id(P, r.trade_id)?,
-                            price: r.price,
-                            qty: r.qty,
-                            ts_ms: r.time,
-                            buyer_is_maker: r.side < 0,
-                        })
-                    })
-                    .collect()
+                self.trade_page::<OptionTrade>(market, "/eapi/v1/historicalTrades", symbol, &q)
+                    .await
             }
         }
     }
@@ -516,50 +473,39 @@ impl RestClient {
             ("symbol", symbol.as_str().to_string()),
             ("limit", limit.to_string()),
         ];
-        let id = |path: &'static str, id: i64| {
-            u64::try_from(id).map_err(|_| RestError::Decode {
-                market,
-                path,
-                detail: format!("negative trade id {id}"),
-            })
-        };
         match market {
             Market::Spot => {
-                const P: &str = "/api/v3/trades";
-                let rows: Vec<RestTrade> = self.get(market, P, &q).await?;
-                rows.into_iter()
-                    .map(|r| {
-                        Ok(Trade {
-                            symbol: symbol.clone(),
-                            trade_id: id(P, r.id)?,
-                            price: r.price,
-                            qty: r.qty,
-                            ts_ms: r.time,
-                            buyer_is_maker: r.is_buyer_maker,
-                        })
-                    })
-                    .collect()
+                self.trade_page::<RestTrade>(market, "/api/v3/trades", symbol, &q)
+                    .await
             }
             Market::Options => {
-                const P: &str = "/eapi/v1/trades";
-                let rows: Vec<OptionTrade> = self.get(market, P, &q).await?;
-                rows.into_iter()
-                    .map(|r| {
-                        Ok(Trade {
-                            symbol: symbol.clone(),
-                            trade_id: id(P, r.trade_id)?,
-                            price: r.price,
-                            qty: r.qty,
-                            ts_ms: r.time,
-                            buyer_is_maker: r.side < 0,
-                        })
-                    })
-                    .collect()
+                self.trade_page::<OptionTrade>(market, "/eapi/v1/trades", symbol, &q)
+                    .await
             }
             Market::Usdm => Err(RestError::InvalidRequest(
                 "USD-M recent trades are not aggregate trades; use agg_trades".into(),
             )),
         }
+    }
+
+    /// One page of a trade list at `path`, as the node's trades.
+    async fn trade_page<R: TradeRow>(
+        &self,
+        market: Market,
+        path: &'static str,
+        symbol: &Symbol,
+        query: &[(&str, String)],
+    ) -> Result<Vec<Trade>, RestError> {
+        let rows: Vec<R> = self.get(market, path, query).await?;
+        rows.into_iter()
+            .map(|r| {
+                r.into_trade(symbol).map_err(|id| RestError::Decode {
+                    market,
+                    path,
+                    detail: format!("negative trade id {id}"),
+                })
+            })
+            .collect()
     }
 
     /// One GET with the ban check, weight bookkeeping and error mapping.
@@ -645,6 +591,56 @@ impl RestClient {
             market,
             path,
             detail: e.to_string(),
+        })
+    }
+}
+
+/// A row of one of the REST trade lists. `Err` carries an id that is negative.
+trait TradeRow: DeserializeOwned {
+    fn into_trade(self, symbol: &Symbol) -> Result<Trade, i64>;
+}
+
+fn trade_id(id: i64) -> Result<u64, i64> {
+    u64::try_from(id).map_err(|_| id)
+}
+
+impl TradeRow for RestTrade {
+    fn into_trade(self, symbol: &Symbol) -> Result<Trade, i64> {
+        Ok(Trade {
+            symbol: symbol.clone(),
+            trade_id: trade_id(self.id)?,
+            price: self.price,
+            qty: self.qty,
+            ts_ms: self.time,
+            buyer_is_maker: self.is_buyer_maker,
+        })
+    }
+}
+
+/// On USD-M the node's ids are the aggregate ids (the feed is `@aggTrade`).
+impl TradeRow for RestAggTrade {
+    fn into_trade(self, symbol: &Symbol) -> Result<Trade, i64> {
+        Ok(Trade {
+            symbol: symbol.clone(),
+            trade_id: trade_id(self.agg_id)?,
+            price: self.price,
+            qty: self.qty,
+            ts_ms: self.time,
+            buyer_is_maker: self.buyer_is_maker,
+        })
+    }
+}
+
+/// `side` -1 = taker sell = buyer maker.
+impl TradeRow for OptionTrade {
+    fn into_trade(self, symbol: &Symbol) -> Result<Trade, i64> {
+        Ok(Trade {
+            symbol: symbol.clone(),
+            trade_id: trade_id(self.trade_id)?,
+            price: self.price,
+            qty: self.qty,
+            ts_ms: self.time,
+            buyer_is_maker: self.side < 0,
         })
     }
 }
