@@ -186,13 +186,14 @@ fn build_router(state: AppState, readiness: ops::Readiness, cfg: &NodeConfig) ->
     let app = crate::api::router(state)
         .merge(ops::router(readiness))
         .fallback(problem::not_found_fallback)
-        // Every route and the fallback; the middleware itself lets probes and /metrics pass.
-        .layer(axum::middleware::from_fn_with_state(
-            limiter,
-            crate::api::limits::rate_limit,
-        ))
         .layer(axum::extract::DefaultBodyLimit::max(
             cfg.node.limits.max_body_bytes,
         ));
-    http::with_common_layers(app, Duration::from_millis(cfg.node.http.request_timeout_ms))
+    // The rate limits run inside the common stack on every route and the fallback; the limiter
+    // itself lets probes and /metrics pass.
+    http::with_common_layers_admitting(
+        app,
+        Duration::from_millis(cfg.node.http.request_timeout_ms),
+        limiter,
+    )
 }

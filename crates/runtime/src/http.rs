@@ -2,8 +2,8 @@
 //! that drains in-flight requests on shutdown.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -48,6 +48,30 @@ pub fn with_common_layers(router: Router, request_timeout: Duration) -> Router {
     with_layers(router, request_timeout, Layers::ALL)
 }
 
+/// A synchronous admission check run inside [`Observe`] before the handler (rate limits): a
+/// returned response is sent instead, counted in the RED metrics like any other. Part of the one
+/// service rather than a `from_fn` layer of its own, which would box a future and clone a boxed
+/// route per request (see [`with_layers`]).
+pub trait Admit: Send + Sync + 'static {
+    fn admit(&self, req: &mut Request) -> Option<Response>;
+}
+
+/// [`with_common_layers`] with `admit` checked before every handler.
+pub fn with_common_layers_admitting(
+    router: Router,
+    request_timeout: Duration,
+    admit: Arc<dyn Admit>,
+) -> Router {
+    if Layers::ALL.metrics {
+        crate::telemetry::metrics_handle();
+    }
+    router.layer(ObserveLayer {
+        parts: Layers::ALL,
+        timeout: request_timeout,
+        admit: Some(admit),
+    })
+}
+
 /// [`with_common_layers`] with a choice of parts (the panic guard is always on).
 ///
 /// All parts live in the one [`Observe`] service on purpose: axum applies each `layer` call to
@@ -64,20 +88,35 @@ pub fn with_layers(router: Router, request_timeout: Duration, l: Layers) -> Rout
     router.layer(ObserveLayer {
         parts: l,
         timeout: request_timeout,
+        admit: None,
     })
 }
 
 /// Layer of [`Observe`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ObserveLayer {
     parts: Layers,
     timeout: Duration,
+    admit: Option<Arc<dyn Admit>>,
+}
+
+impl std::fmt::Debug for ObserveLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserveLayer")
+            .field("parts", &self.parts)
+            .field("timeout", &self.timeout)
+            .field("admit", &self.admit.is_some())
+            .finish()
+    }
 }
 
 impl<S> tower::Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner, cfg: *self }
+        Observe {
+            inner,
+            cfg: self.clone(),
+        }
     }
 }
 
@@ -120,7 +159,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let start = Instant::now();
         let parts = self.cfg.parts;
         let request_id = if parts.request_id {
@@ -154,13 +193,23 @@ where
                 .map_or("unmatched", |p| p.as_str());
             RouteMetrics::of(method_label(req.method()), route)
         });
-        let state = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _entered = span.enter();
-            self.inner.call(req)
-        })) {
-            Ok(fut) => State::Running { fut },
-            Err(panic) => State::Done {
-                res: Some(panic_response(panic, &span)),
+        let refused = match &self.cfg.admit {
+            Some(a) => {
+                let _entered = span.enter();
+                a.admit(&mut req)
+            }
+            None => None,
+        };
+        let state = match refused {
+            Some(res) => State::Done { res: Some(res) },
+            None => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _entered = span.enter();
+                self.inner.call(req)
+            })) {
+                Ok(fut) => State::Running { fut },
+                Err(panic) => State::Done {
+                    res: Some(panic_response(panic, &span)),
+                },
             },
         };
         ObserveFuture {

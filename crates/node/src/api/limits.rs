@@ -9,7 +9,8 @@
 //! - [`client_ip`]: the client's address: the TCP peer, or, when the peer is one of
 //!   `trusted_proxies`, the rightmost `X-Forwarded-For` entry that is not a trusted proxy.
 //!   IPv6 clients are counted per /64 (one host usually holds a whole /64).
-//! - [`rate_limit`]: the middleware. Every request but the probes and `/metrics` counts against
+//! - [`RateLimiter`] as the HTTP stack's admission check
+//!   ([`pricefeed_runtime::http::Admit`]). Every request but the probes and `/metrics` counts against
 //!   its address; a request with a valid bearer token also against its user, and a write
 //!   (`POST`/`PUT`/`PATCH`/`DELETE`: alert creation and changes) also against the user's write
 //!   budget. Login and registration keep their own cluster-wide per-minute limits in
@@ -25,11 +26,10 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use pricefeed_runtime::config::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -316,8 +316,8 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client address [`rate_limit`] worked out, for handlers (the login limits); the TCP
-/// peer when the middleware did not run.
+/// The client address the [`RateLimiter`] worked out, for handlers (the login limits); the TCP
+/// peer when the limiter did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
@@ -336,7 +336,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-// --- the middleware ---------------------------------------------------------------------------
+// --- the admission check ---------------------------------------------------------------------------
 
 /// The limiters of one node, shared by every request.
 #[derive(Debug)]
@@ -452,25 +452,25 @@ fn exempt(path: &str) -> bool {
     matches!(path, "/livez" | "/readyz" | "/metrics")
 }
 
-/// The rate-limit middleware (see the module docs); also records [`ClientIp`] for handlers.
-pub async fn rate_limit(
-    State(l): State<Arc<RateLimiter>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    if exempt(req.uri().path()) {
-        return next.run(req).await;
+/// The rate limits as the HTTP stack's admission check (see the module docs); also records
+/// [`ClientIp`] for handlers.
+impl pricefeed_runtime::http::Admit for RateLimiter {
+    fn admit(&self, req: &mut Request) -> Option<Response> {
+        if exempt(req.uri().path()) {
+            return None;
+        }
+        let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
+        else {
+            // Only in-process tests call the router without a connection.
+            return None;
+        };
+        let ip = client_ip(peer.ip(), req.headers(), &self.trusted);
+        if let Err(e) = self.check(ip, req.method(), req.headers()) {
+            return Some(e.into_response());
+        }
+        req.extensions_mut().insert(ClientIp(ip));
+        None
     }
-    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
-        // Only in-process tests call the router without a connection.
-        return next.run(req).await;
-    };
-    let ip = client_ip(peer.ip(), req.headers(), &l.trusted);
-    if let Err(e) = l.check(ip, req.method(), req.headers()) {
-        return e.into_response();
-    }
-    req.extensions_mut().insert(ClientIp(ip));
-    next.run(req).await
 }
 
 #[cfg(test)]
