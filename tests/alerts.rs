@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User};
+use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User, VOLATILE_SIM};
 use pricefeed_tests::drill::{listen_alert_events, single_owner, spot_truth};
 use pricefeed_tests::smtp::SmtpSink;
 use pricefeed_tests::{
@@ -66,15 +66,7 @@ async fn wait_owner(http: &reqwest::Client, nodes: &[&Proc], not: Option<&str>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fire_exactly_once_on_the_owner_through_a_kill_and_a_slice_move() {
     let http = http_client(Duration::from_secs(10));
-    // Volatile prices (about 1.4 % per minute on BTC), so thresholds near the price are crossed
-    // within the run.
-    let sim = Sim::start_small(&[
-        ("UNDERLYINGS", "2"),
-        ("HOT_SYMBOLS", "1"),
-        ("VOL_SCALE", "20.0"),
-        ("HISTORY_DEPTH_HOT", "400000"),
-    ])
-    .await;
+    let sim = Sim::start_small(VOLATILE_SIM).await;
     let control = sim.port("control");
     let db = fresh_database().await.unwrap();
     let mut env = base_env(&db);

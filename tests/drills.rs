@@ -44,7 +44,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User};
+use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User, VOLATILE_SIM};
 use pricefeed_tests::drill::{Accounted, env_secs, spot_truth, stored_vs_truth};
 use pricefeed_tests::netns::NetNs;
 use pricefeed_tests::pg::PrivatePostgres;
@@ -112,14 +112,7 @@ async fn redis_outage_costs_freshness_not_answers() {
     let setup_http = http_client(Duration::from_secs(10));
     // The probes' client: an answer slower than this is a failure of the drill.
     let http = http_client(Duration::from_secs(1));
-    // Volatile prices, so thresholds near the price get crossed during the run.
-    let sim = Sim::start_small(&[
-        ("UNDERLYINGS", "2"),
-        ("HOT_SYMBOLS", "1"),
-        ("VOL_SCALE", "20.0"),
-        ("HISTORY_DEPTH_HOT", "400000"),
-    ])
-    .await;
+    let sim = Sim::start_small(VOLATILE_SIM).await;
     let control = sim.port("control");
     let mut redis = PrivateRedis::new();
     redis.start().await;

@@ -393,6 +393,17 @@ async fn the_cluster_soaks_under_faults_without_leaks_or_loss() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     println!("  counters: {exact:?}");
+    if exact.is_err() {
+        for n in &nodes {
+            if let Ok(v) = get_json(&http, &n.url("/api/v1/cluster/ingest")).await {
+                for i in v["instruments"].as_array().into_iter().flatten() {
+                    if i["key"] == format!("spot:{HOT}") {
+                        println!("  {} ingests {HOT}: {i}", n.name);
+                    }
+                }
+            }
+        }
+    }
     if let Err(bad) = &exact {
         problems.push(format!("counters not exact: {bad:?}"));
     }

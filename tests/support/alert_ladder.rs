@@ -12,6 +12,16 @@ use serde_json::{Value, json};
 use crate::Proc;
 use crate::drill::{TruthTrade, first_crossing, is_crossing};
 
+/// Simulator overrides for alert runs (with [`crate::Sim::start_small`]): two underlyings, one
+/// hot pair, prices 20× as volatile (about 1.4 % a minute on BTC), so thresholds near the price
+/// are crossed within the run, and history deep enough that the truth covers the whole run.
+pub const VOLATILE_SIM: &[(&str, &str)] = &[
+    ("UNDERLYINGS", "2"),
+    ("HOT_SYMBOLS", "1"),
+    ("VOL_SCALE", "20.0"),
+    ("HISTORY_DEPTH_HOT", "400000"),
+];
+
 /// A signed-in user of the alerts API.
 pub struct User {
     pub http: reqwest::Client,

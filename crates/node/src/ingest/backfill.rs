@@ -2,7 +2,8 @@
 //! the same validation and dedup as WS trades.
 //!
 //! Bounded: at most `backfill_concurrency` gaps are fetched at once per node; each page is at
-//! most 1000 ids. Within the REST weight budget: the REST client refuses to send while a
+//! most 1000 ids, and reaches past its own gap to the instrument's last open one, so one page
+//! closes every gap it spans. Within the REST weight budget: the REST client refuses to send while a
 //! 429/418 ban is running (we wait it out, however long: that is not a failure, and the gap
 //! stays open only when the broker no longer has its trades or other errors persist), and we
 //! pause while the minute's used weight is above [`WEIGHT_PAUSE_AT`] so live backfills never
@@ -122,7 +123,17 @@ async fn fill(job: GapJob, history: &dyn TradeHistory, core: &Mutex<Core>) {
             tokio::time::sleep(d).await;
             continue;
         }
-        let limit = (end - from + 1).min(1000) as u16;
+        // One page covers the later gaps too (a request costs the same weight whatever its
+        // limit): under a steady drop rate every small gap asking on its own outran the weight
+        // budget, and the tracker had to abandon the oldest gaps. Later jobs whose ids this
+        // page filled skip their request (`still_missing`).
+        let through = core
+            .lock()
+            .unwrap()
+            .last_missing(&job.key)
+            .unwrap_or(end)
+            .max(end);
+        let limit = (through - from + 1).min(1000) as u16;
         match history
             .historical_trades(market, &symbol, from, limit)
             .await
@@ -134,7 +145,10 @@ async fn fill(job: GapJob, history: &dyn TradeHistory, core: &Mutex<Core>) {
             Ok(trades) => {
                 failures = 0;
                 let last = trades.iter().map(|t| t.trade_id).max().unwrap_or(from);
-                let page: Vec<Trade> = trades.into_iter().filter(|t| t.trade_id <= end).collect();
+                let page: Vec<Trade> = trades
+                    .into_iter()
+                    .filter(|t| t.trade_id <= through)
+                    .collect();
                 let n = core.lock().unwrap().on_backfill(&job.key, &page, now_ms());
                 metrics::counter!("pricefeed_backfilled_trades_total", "market" => market.as_str())
                     .increment(n);
@@ -164,5 +178,97 @@ async fn fill(job: GapJob, history: &dyn TradeHistory, core: &Mutex<Core>) {
                 tokio::time::sleep(Duration::from_millis(250 << failures.min(6))).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use pricefeed_broker::ws::TradeRef;
+    use pricefeed_domain::instrument::InstrumentKey;
+    use pricefeed_domain::sequence::SeqConfig;
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::ingest::handoff::Resume;
+    use crate::ingest::state::Verdict;
+
+    /// The broker's history: every id, and a count of the calls.
+    struct Book {
+        calls: AtomicUsize,
+        ts: i64,
+    }
+
+    impl TradeHistory for Book {
+        fn historical_trades<'a>(
+            &'a self,
+            _market: Market,
+            symbol: &'a Symbol,
+            from_id: u64,
+            limit: u16,
+        ) -> BoxFuture<'a, Result<Vec<Trade>, HistoryError>> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let page = (from_id..from_id + u64::from(limit))
+                .map(|id| Trade {
+                    symbol: symbol.clone(),
+                    trade_id: id,
+                    price: Decimal::ONE,
+                    qty: Decimal::ONE,
+                    ts_ms: self.ts,
+                    buyer_is_maker: false,
+                })
+                .collect();
+            Box::pin(async move { Ok(page) })
+        }
+    }
+
+    #[tokio::test]
+    async fn one_page_closes_every_gap_it_spans() {
+        let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
+        let mut c = Core::new(SeqConfig::default(), 5_000);
+        c.sync_slice(
+            std::slice::from_ref(&key),
+            1,
+            |_| true,
+            tokio::time::Instant::now(),
+        );
+        assert!(c.go_live(&key, 1, Resume::default()));
+        let now = now_ms();
+        // Every tenth id dropped: 20 one-trade gaps.
+        for id in (1..=200u64).filter(|id| id % 10 != 5) {
+            let t = TradeRef {
+                symbol: "BTCUSDT",
+                id,
+                price: Decimal::ONE,
+                qty: Decimal::ONE,
+                ts_ms: now,
+                buyer_is_maker: false,
+            };
+            assert_eq!(c.on_ws_trade(Market::Spot, &t, now), Verdict::Accepted);
+        }
+        let gaps = c.take_flush().gaps;
+        assert_eq!(gaps.len(), 20);
+        let core = Mutex::new(c);
+        let book = Book {
+            calls: AtomicUsize::new(0),
+            ts: now,
+        };
+        for g in gaps {
+            fill(g, &book, &core).await;
+        }
+        assert_eq!(
+            book.calls.load(Ordering::Relaxed),
+            1,
+            "one page for all gaps"
+        );
+        let (_, _, s) = core.lock().unwrap().stats().remove(0);
+        assert_eq!((s.accepted, s.backfilled, s.missing), (200, 20, 0));
+        // The page ran from the first gap (5) to the last (195): the ids between were seen.
+        assert_eq!(
+            s.duplicates,
+            191 - 20,
+            "nothing beyond the last gap was taken"
+        );
     }
 }

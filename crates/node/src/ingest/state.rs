@@ -65,6 +65,9 @@ pub struct InstrumentStats {
     pub pending_dropped: u64,
     /// Ids reported missing and not backfilled yet.
     pub missing: u64,
+    /// Ids of gaps the tracker dropped because too many were open at once
+    /// (`SeqConfig::max_gaps`): never backfilled on the live path (reconciliation stores them).
+    pub abandoned: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,6 +456,12 @@ impl Core {
     }
 
     /// Whether `ids` of `key` still has anything missing (backfill stops paging when not).
+    /// The highest id of `key` still missing (the end of its last open gap).
+    pub fn last_missing(&self, key: &InstrumentKey) -> Option<u64> {
+        self.get(key)
+            .and_then(|i| i.tracker.pending_gaps().map(|g| *g.end()).max())
+    }
+
     pub fn still_missing(&self, key: &InstrumentKey, ids: &RangeInclusive<u64>) -> bool {
         self.get(key).is_some_and(|i| {
             i.tracker
@@ -531,6 +540,7 @@ impl Core {
             .map(|i| {
                 let mut s = i.stats.clone();
                 s.missing = i.tracker.missing();
+                s.abandoned = i.tracker.abandoned();
                 (i.key.clone(), i.phase == Phase::Live, s)
             })
             .collect();
