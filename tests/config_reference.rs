@@ -53,26 +53,12 @@ fn configuration_md_is_what_the_config_types_give() {
     let md = render(&binaries()).unwrap_or_else(|missing| {
         panic!("configuration keys without a doc comment (add `///` on the field): {missing:#?}")
     });
-    let path = root().join("docs/configuration.md");
-    if std::env::var_os("PRICEFEED_REGENERATE").is_some() {
-        std::fs::write(&path, &md).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed != md {
-        let first = committed
-            .lines()
-            .zip(md.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(committed.lines().count().min(md.lines().count()));
-        panic!(
-            "docs/configuration.md is out of date with the configuration types (first difference \
-             at line {}:\n  committed: {:?}\n  generated: {:?}).\nRegenerate it with:\n  {REGENERATE}",
-            first + 1,
-            committed.lines().nth(first).unwrap_or("<end of file>"),
-            md.lines().nth(first).unwrap_or("<end of file>"),
-        );
-    }
+    pricefeed_tests::check_generated(
+        "docs/configuration.md",
+        &md,
+        "the configuration types",
+        REGENERATE,
+    );
 }
 
 #[test]

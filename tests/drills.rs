@@ -97,6 +97,17 @@ async fn accepted(http: &reqwest::Client, node: &Proc, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether `node` answers every key of `keys` with 200 and a price at most 5 s old.
+async fn fresh_on(http: &reqwest::Client, node: &Proc, keys: &BTreeSet<String>) -> bool {
+    for k in keys {
+        let (code, body, _) = probe(http, &node.url(&price_path(k))).await;
+        if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
+            return false;
+        }
+    }
+    true
+}
+
 /// Slowest answer per probe kind during a phase.
 #[derive(Debug, Default)]
 struct Slowest {
@@ -266,11 +277,8 @@ async fn redis_outage_costs_freshness_not_answers() {
             if c["nodes"].as_array().map_or(0, Vec::len) != 3 {
                 return false;
             }
-            for k in &keys {
-                let (code, body, _) = probe(&http, &n.url(&price_path(k))).await;
-                if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
-                    return false;
-                }
+            if !fresh_on(&http, n, &keys).await {
+                return false;
             }
         }
         true
@@ -681,11 +689,8 @@ async fn a_redis_sentinel_failover_is_followed_and_loses_nothing() {
             if c["nodes"].as_array().map_or(0, Vec::len) != 3 {
                 return false;
             }
-            for k in &keys {
-                let (code, body, _) = probe(&http, &n.url(&price_path(k))).await;
-                if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
-                    return false;
-                }
+            if !fresh_on(&http, n, &keys).await {
+                return false;
             }
         }
         true
@@ -958,11 +963,8 @@ async fn a_node_cut_off_from_redis_is_fenced_and_nothing_doubles() {
             return false;
         }
         for n in everyone {
-            for k in &keys {
-                let (code, body, _) = probe(&http, &n.url(&price_path(k))).await;
-                if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
-                    return false;
-                }
+            if !fresh_on(&http, n, &keys).await {
+                return false;
             }
         }
         true
@@ -994,11 +996,8 @@ async fn a_node_cut_off_from_redis_is_fenced_and_nothing_doubles() {
     let moved_after = cut_at.elapsed();
     let served = wait_for(Duration::from_secs(30), || async {
         for n in &host_nodes {
-            for k in &n3_keys {
-                let (code, body, _) = probe(&http, &n.url(&price_path(k))).await;
-                if code != 200 || body["age_ms"].as_i64().is_none_or(|a| a > 5_000) {
-                    return false;
-                }
+            if !fresh_on(&http, n, &n3_keys).await {
+                return false;
             }
         }
         true

@@ -18,26 +18,7 @@ const REGENERATE: &str =
 #[test]
 fn metrics_md_is_what_the_catalogue_gives() {
     let md = render();
-    let path = root().join("docs/metrics.md");
-    if std::env::var_os("PRICEFEED_REGENERATE").is_some() {
-        std::fs::write(&path, &md).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed != md {
-        let first = committed
-            .lines()
-            .zip(md.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(committed.lines().count().min(md.lines().count()));
-        panic!(
-            "docs/metrics.md is out of date with the metric catalogue (first difference at line \
-             {}:\n  committed: {:?}\n  generated: {:?}).\nRegenerate it with:\n  {REGENERATE}",
-            first + 1,
-            committed.lines().nth(first).unwrap_or("<end of file>"),
-            md.lines().nth(first).unwrap_or("<end of file>"),
-        );
-    }
+    pricefeed_tests::check_generated("docs/metrics.md", &md, "the metric catalogue", REGENERATE);
 }
 
 /// A metric as a source file creates it.

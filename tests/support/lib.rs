@@ -814,3 +814,29 @@ pub async fn counters_exact(
         Err(bad)
     }
 }
+
+/// Checks that the committed file `rel` (from the repository root) equals `generated`, or writes
+/// it when `PRICEFEED_REGENERATE` is set. Panics naming the first differing line, what the file
+/// is generated from (`source`) and the command that regenerates it.
+pub fn check_generated(rel: &str, generated: &str, source: &str, regenerate: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if std::env::var_os("PRICEFEED_REGENERATE").is_some() {
+        std::fs::write(&path, generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    if committed != generated {
+        let first = committed
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(committed.lines().count().min(generated.lines().count()));
+        panic!(
+            "{rel} is out of date with {source} (first difference at line {}:\n  committed: \
+             {:?}\n  generated: {:?}).\nRegenerate it with:\n  {regenerate}",
+            first + 1,
+            committed.lines().nth(first).unwrap_or("<end of file>"),
+            generated.lines().nth(first).unwrap_or("<end of file>"),
+        );
+    }
+}

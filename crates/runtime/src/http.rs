@@ -62,14 +62,7 @@ pub fn with_common_layers_admitting(
     request_timeout: Duration,
     admit: Arc<dyn Admit>,
 ) -> Router {
-    if Layers::ALL.metrics {
-        crate::telemetry::metrics_handle();
-    }
-    router.layer(ObserveLayer {
-        parts: Layers::ALL,
-        timeout: request_timeout,
-        admit: Some(admit),
-    })
+    observe(router, request_timeout, Layers::ALL, Some(admit))
 }
 
 /// [`with_common_layers`] with a choice of parts (the panic guard is always on).
@@ -80,15 +73,24 @@ pub fn with_common_layers_admitting(
 /// middleware runs (`pricefeed-bench prices`, docs/benchmarks.md). Applying it per route is
 /// also why [`Observe`] sees the matched route template.
 pub fn with_layers(router: Router, request_timeout: Duration, l: Layers) -> Router {
-    if l.metrics {
+    observe(router, request_timeout, l, None)
+}
+
+fn observe(
+    router: Router,
+    request_timeout: Duration,
+    parts: Layers,
+    admit: Option<Arc<dyn Admit>>,
+) -> Router {
+    if parts.metrics {
         // The metric handles are resolved once and kept (`RouteMetrics`): one resolved before
         // the recorder exists would stay a no-op for good.
         crate::telemetry::metrics_handle();
     }
     router.layer(ObserveLayer {
-        parts: l,
+        parts,
         timeout: request_timeout,
-        admit: None,
+        admit,
     })
 }
 
