@@ -8,9 +8,11 @@
 //! (a reorder at start-up) and those of a gap abandoned because the list was full.
 //!
 //! **Memory bound** per symbol: `window / 8` bytes of bitmap plus at most `max_gaps` ranges of 16
-//! bytes; 512 B + 1 KiB with [`SeqConfig::default`]. When a new gap would exceed `max_gaps`, the
-//! oldest gap is abandoned (counted in [`SeqTracker::abandoned`]): its ids are still accepted
-//! while inside the window, and reported [`Observed::Stale`] below it.
+//! bytes; 512 B + 4 KiB with [`SeqConfig::default`] (the gap list only grows that far while
+//! backfill is held back). When a new gap would exceed `max_gaps`, the oldest gap is abandoned
+//! (counted in [`SeqTracker::abandoned`]), as are the ids the caller gives up on
+//! ([`SeqTracker::give_up_through`]): they are still accepted while inside the window, and
+//! reported [`Observed::Stale`] below it.
 //!
 //! **Guarantees** (proptests below): an id is accepted (`New`, `NewAfterGap` or `Late`) at most
 //! once, whatever the input and bounds; `Duplicate` is only said of ids really seen before (or
@@ -35,12 +37,14 @@ pub struct SeqConfig {
 }
 
 impl Default for SeqConfig {
-    /// 4096 ids covers seconds of reordering even on the busiest symbols; 64 gaps is far more
-    /// holes than a healthy feed opens before backfill closes them.
+    /// 4096 ids covers seconds of reordering even on the busiest symbols. 256 gaps is over a
+    /// minute of a feed dropping 2 % of 100 trades/s: backfill pages once a second per symbol
+    /// and may wait out a weight pause or a ban that long, and a gap dropped for room is never
+    /// backfilled (64 was abandoning gaps in the 30-min soak).
     fn default() -> Self {
         Self {
             window: 4096,
-            max_gaps: 64,
+            max_gaps: 256,
         }
     }
 }
@@ -132,6 +136,11 @@ impl SeqTracker {
     /// Ranges reported missing and not yet filled, oldest first.
     pub fn pending_gaps(&self) -> impl Iterator<Item = RangeInclusive<u64>> + '_ {
         self.gaps.iter().map(|&(s, e)| s..=e)
+    }
+
+    /// The first and the last missing id (the ends of the oldest and newest pending gaps).
+    pub fn missing_span(&self) -> Option<(u64, u64)> {
+        Some((self.gaps.front()?.0, self.gaps.back()?.1))
     }
 
     /// Number of ids in the pending gaps.
@@ -242,6 +251,31 @@ impl SeqTracker {
             self.write_bits(lo.max(window_lo), hi, true);
         }
         filled
+    }
+
+    /// Abandons every pending id up to `id` (the broker no longer has them, or backfill gave
+    /// up) and returns how many; they count in [`Self::abandoned`] like a gap dropped for room.
+    pub fn give_up_through(&mut self, id: u64) -> u64 {
+        let mut n = 0;
+        while let Some(&(s, e)) = self.gaps.front() {
+            if s > id {
+                break;
+            }
+            if e <= id {
+                self.gaps.pop_front();
+                n += e - s + 1;
+            } else {
+                self.gaps[0].0 = id + 1;
+                n += id - s + 1;
+                break;
+            }
+        }
+        if n > 0 {
+            self.abandoned += n;
+            // Only the oldest gaps go, so "below the horizon" stays one range.
+            self.horizon = self.horizon.max(id.min(self.high) + 1);
+        }
+        n
     }
 
     fn in_window(&self, id: u64) -> bool {
@@ -427,6 +461,33 @@ mod tests {
         assert_eq!(t.observe(1), Observed::Duplicate);
         assert_eq!(t.observe(500), Observed::Duplicate);
         assert_eq!(gaps(&t), vec![2..=2, 4..=4]);
+    }
+
+    #[test]
+    fn giving_up_abandons_the_oldest_ids_only() {
+        let mut t = SeqTracker::new(small(64, 8));
+        t.observe(0);
+        t.observe(5); // gap 1..=4
+        t.observe(10); // gap 6..=9
+        assert_eq!(t.missing_span(), Some((1, 9)));
+        assert_eq!(t.give_up_through(7), 6);
+        assert_eq!(gaps(&t), vec![8..=9]);
+        assert_eq!(t.abandoned(), 6);
+        assert_eq!(t.missing_span(), Some((8, 9)));
+        // Nothing pending below: a no-op.
+        assert_eq!(t.give_up_through(3), 0);
+        // The given-up ids are still accepted once while the window remembers them...
+        assert_eq!(t.observe(2), Observed::New);
+        assert_eq!(t.observe(2), Observed::Duplicate);
+        // ...and the rest of the gap still closes as late.
+        assert_eq!(t.observe(8), Observed::Late);
+        for id in 11..200 {
+            t.observe(id);
+        }
+        assert_eq!(t.observe(3), Observed::Stale);
+        assert_eq!(t.observe(9), Observed::Late);
+        assert_eq!(t.missing_span(), None);
+        assert_eq!(t.give_up_through(u64::MAX), 0);
     }
 
     #[test]
@@ -629,6 +690,14 @@ mod tests {
                         prop_assert_eq!(closed, in_range as u64);
                         seen.extend(id..=hi);
                     }
+                    continue;
+                }
+                if kind == 1 {
+                    // Backfill gave up on everything pending up to `id`.
+                    let before: BTreeSet<u64> = t.pending_gaps().flatten().collect();
+                    let (abandoned, given_up) = (t.abandoned(), t.give_up_through(id));
+                    prop_assert_eq!(given_up, before.iter().filter(|&&g| g <= id).count() as u64);
+                    prop_assert_eq!(t.abandoned(), abandoned + given_up);
                     continue;
                 }
                 let v = t.observe(id);

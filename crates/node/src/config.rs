@@ -110,8 +110,14 @@ pub struct FeedConfig {
     pub max_lifetime_ms: u64,
     /// Latest prices are written to Redis (one pipeline + one PUBLISH) this often.
     pub tick_flush_ms: u64,
-    /// Concurrent REST backfills per node.
+    /// REST backfill pages in flight at once per node.
     pub backfill_concurrency: usize,
+    /// A new gap waits this long before its instrument's backfill page (most reordered trades
+    /// arrive by then, and the page then asks only for what is really missing).
+    pub backfill_grace_ms: u64,
+    /// Least time between two backfill pages of one instrument (each page asks for all it
+    /// misses, up to 1000 ids): bounds REST weight per symbol whatever the drop rate.
+    pub backfill_interval_ms: u64,
     /// Accepted clock skew between the exchange and us when validating trade timestamps.
     pub max_skew_ms: i64,
 }
@@ -133,6 +139,8 @@ impl Default for FeedConfig {
             max_lifetime_ms: 23 * 3_600_000,
             tick_flush_ms: 20,
             backfill_concurrency: 4,
+            backfill_grace_ms: 300,
+            backfill_interval_ms: 1_000,
             max_skew_ms: 10_000,
         }
     }
@@ -187,6 +195,12 @@ impl FeedConfig {
         }
         if !(1..=64).contains(&self.backfill_concurrency) {
             return k("backfill_concurrency", "must be between 1 and 64");
+        }
+        if self.backfill_grace_ms > 60_000 {
+            return k("backfill_grace_ms", "must be at most 60000");
+        }
+        if !(50..=60_000).contains(&self.backfill_interval_ms) {
+            return k("backfill_interval_ms", "must be between 50 and 60000");
         }
         if !(0..=600_000).contains(&self.max_skew_ms) {
             return k("max_skew_ms", "must be between 0 and 600000");

@@ -141,11 +141,25 @@ pub const METRICS: &[Metric] = &[
         help: "Broker frames that could not be decoded.",
     },
     Metric {
-        name: "pricefeed_backfill_jobs_total",
+        name: "pricefeed_backfill_pages_total",
         kind: Counter,
         labels: &[MARKET],
         by: N,
-        help: "REST backfill jobs run for gaps.",
+        help: "REST backfill pages requested: one per instrument and pass, from its first missing id to its last (at most 1 000).",
+    },
+    Metric {
+        name: "pricefeed_backfill_scheduled_instruments",
+        kind: Gauge,
+        labels: &[],
+        by: N,
+        help: "Instruments with open gaps waiting for (or being paged by) backfill.",
+    },
+    Metric {
+        name: "pricefeed_gap_ids_abandoned_total",
+        kind: Counter,
+        labels: &[MARKET],
+        by: N,
+        help: "Missing trade ids the live path stopped waiting for: too many gaps open at once, or the broker no longer has them. Reconciliation still stores them; alerts and live windows never see them.",
     },
     Metric {
         name: "pricefeed_backfilled_trades_total",

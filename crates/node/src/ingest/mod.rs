@@ -134,8 +134,11 @@ pub fn start(
         gap_rx,
         history,
         core.clone(),
-        f.backfill_concurrency,
-        tracker.clone(),
+        backfill::Pacing {
+            concurrency: f.backfill_concurrency,
+            grace: Duration::from_millis(f.backfill_grace_ms),
+            interval: Duration::from_millis(f.backfill_interval_ms),
+        },
         token.clone(),
     ));
     tracker.spawn(watch_slices(

@@ -65,8 +65,9 @@ pub struct InstrumentStats {
     pub pending_dropped: u64,
     /// Ids reported missing and not backfilled yet.
     pub missing: u64,
-    /// Ids of gaps the tracker dropped because too many were open at once
-    /// (`SeqConfig::max_gaps`): never backfilled on the live path (reconciliation stores them).
+    /// Missing ids the live path stopped waiting for: their gap was dropped because too many
+    /// were open at once (`SeqConfig::max_gaps`), or the broker no longer has them. Never seen by
+    /// the live path (reconciliation stores what the broker has).
     pub abandoned: u64,
 }
 
@@ -91,6 +92,8 @@ struct Instr {
     sym: std::sync::Arc<str>,
     phase: Phase,
     tracker: SeqTracker,
+    /// `tracker.abandoned()` already counted in the metric and logged.
+    abandoned_reported: u64,
     latest: Option<Latest>,
     /// `latest` changed since the last flush.
     dirty: bool,
@@ -293,6 +296,7 @@ impl Core {
                         deadline,
                     };
                     i.tracker = SeqTracker::new(self.seq);
+                    i.abandoned_reported = 0;
                     i.latest = None;
                     i.fenced = false;
                     gained += 1;
@@ -319,6 +323,7 @@ impl Core {
                         deadline,
                     },
                     tracker: SeqTracker::new(self.seq),
+                    abandoned_reported: 0,
                     latest: None,
                     dirty: false,
                     unflushed: 0,
@@ -368,6 +373,7 @@ impl Core {
             Some(last) => SeqTracker::starting_after(last, seq),
             None => SeqTracker::new(seq),
         };
+        i.abandoned_reported = 0;
         i.phase = Phase::Live;
         let (slot, key) = (i.slot, i.key.clone());
         for c in &mut self.consumers {
@@ -455,19 +461,23 @@ impl Core {
         n
     }
 
-    /// Whether `ids` of `key` still has anything missing (backfill stops paging when not).
-    /// The highest id of `key` still missing (the end of its last open gap).
-    pub fn last_missing(&self, key: &InstrumentKey) -> Option<u64> {
+    /// The first and the last id of `key` still missing, while it is live here: what the next
+    /// backfill page asks for.
+    pub fn missing_span(&self, key: &InstrumentKey) -> Option<(u64, u64)> {
         self.get(key)
-            .and_then(|i| i.tracker.pending_gaps().map(|g| *g.end()).max())
+            .filter(|i| i.phase == Phase::Live)
+            .and_then(|i| i.tracker.missing_span())
     }
 
-    pub fn still_missing(&self, key: &InstrumentKey, ids: &RangeInclusive<u64>) -> bool {
-        self.get(key).is_some_and(|i| {
-            i.tracker
-                .pending_gaps()
-                .any(|g| g.start() <= ids.end() && ids.start() <= g.end())
-        })
+    /// Backfill cannot get the ids of `key` up to `id` (the broker no longer has them): stop
+    /// waiting for them. Returns how many were abandoned.
+    pub fn give_up_through(&mut self, key: &InstrumentKey, id: u64) -> u64 {
+        let Some(i) = self.get_mut(key) else {
+            return 0;
+        };
+        let n = i.tracker.give_up_through(id);
+        report_abandoned(i);
+        n
     }
 
     /// Takes everything the flush task must write, clearing dirty flags and deltas.
@@ -553,6 +563,25 @@ impl Core {
     }
 }
 
+/// Counts ids the tracker abandoned since the last call (metric and a warning): trades in them
+/// never pass the live path, so alerts and live windows miss them, and that must not be silent.
+#[cold]
+fn report_abandoned(i: &mut Instr) {
+    let now = i.tracker.abandoned();
+    if now == i.abandoned_reported {
+        return;
+    }
+    let n = now - i.abandoned_reported;
+    // Warn on the first abandonment and then once per 1000 ids, not once per gap.
+    if i.abandoned_reported == 0 || now / 1000 != i.abandoned_reported / 1000 {
+        tracing::warn!(key = %i.key, ids = n, total = now, missing = i.tracker.missing(),
+            "gap ids abandoned: too many gaps open, or the broker no longer has them; reconciliation stores them, but the live path (alerts, live windows) never sees them");
+    }
+    metrics::counter!("pricefeed_gap_ids_abandoned_total", "market" => i.key.market().as_str())
+        .increment(n);
+    i.abandoned_reported = now;
+}
+
 fn observe(
     i: &mut Instr,
     id: u64,
@@ -571,11 +600,16 @@ fn observe(
             i.stats.stale += 1;
             return Verdict::Stale;
         }
-        Observed::NewAfterGap { missing } => gaps.push(GapJob {
-            key: i.key.clone(),
-            ids: missing,
-        }),
-        Observed::New | Observed::Late => {}
+        Observed::NewAfterGap { missing } => {
+            gaps.push(GapJob {
+                key: i.key.clone(),
+                ids: missing,
+            });
+            report_abandoned(i);
+        }
+        // Splitting a gap may push the list over its cap too.
+        Observed::Late => report_abandoned(i),
+        Observed::New => {}
     }
     let s = &mut i.stats;
     s.accepted += 1;
@@ -687,8 +721,9 @@ mod tests {
                 buyer_is_maker: true,
             })
             .collect();
+        assert_eq!(c.missing_span(&k), Some((2, 4)));
         assert_eq!(c.on_backfill(&k, &fill, NOW), 3, "5 is a duplicate");
-        assert!(!c.still_missing(&k, &(2..=4)));
+        assert_eq!(c.missing_span(&k), None);
         let (_, _, s) = c.stats().remove(0);
         assert_eq!(
             (s.accepted, s.backfilled, s.duplicates, s.missing),
