@@ -45,7 +45,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User, VOLATILE_SIM};
-use pricefeed_tests::drill::{Accounted, env_secs, spot_truth, stored_vs_truth};
+use pricefeed_tests::drill::{Accounted, env_secs, spot_truth, stored_is_truth_by};
 use pricefeed_tests::netns::NetNs;
 use pricefeed_tests::pg::PrivatePostgres;
 use pricefeed_tests::sentinel::{self, RedisHa};
@@ -95,6 +95,29 @@ async fn accepted(http: &reqwest::Client, node: &Proc, key: &str) -> u64 {
     ingest_of(http, node, key).await["accepted"]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// Whether every node is ready, sees all of `nodes` registered and serves every key fresh.
+async fn serving_fresh_everywhere(
+    http: &reqwest::Client,
+    nodes: &[Proc],
+    keys: &BTreeSet<String>,
+) -> bool {
+    for n in nodes {
+        if probe(http, &n.url("/readyz")).await.0 != 200 {
+            return false;
+        }
+        let Ok(c) = get_json(http, &n.url("/api/v1/cluster")).await else {
+            return false;
+        };
+        if c["nodes"].as_array().map_or(0, Vec::len) != nodes.len() {
+            return false;
+        }
+        if !fresh_on(http, n, keys).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Whether `node` answers every key of `keys` with 200 and a price at most 5 s old.
@@ -266,24 +289,7 @@ async fn redis_outage_costs_freshness_not_answers() {
     // Back, empty: everything rebuilt, fresh prices everywhere.
     redis.start().await;
     let back_at = Instant::now();
-    let res = wait_for(READY, || async {
-        for n in &nodes {
-            if probe(&http, &n.url("/readyz")).await.0 != 200 {
-                return false;
-            }
-            let Ok(c) = get_json(&http, &n.url("/api/v1/cluster")).await else {
-                return false;
-            };
-            if c["nodes"].as_array().map_or(0, Vec::len) != 3 {
-                return false;
-            }
-            if !fresh_on(&http, n, &keys).await {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let res = wait_for(READY, || serving_fresh_everywhere(&http, &nodes, &keys)).await;
     assert!(
         res.is_ok(),
         "not recovered within {READY:?} after Redis came back"
@@ -349,13 +355,15 @@ async fn redis_outage_costs_freshness_not_answers() {
     )]
     .into();
     let until = Instant::now() + READY;
-    let n = loop {
-        match stored_vs_truth(&pool, &setup_http, &control, &range).await {
-            Ok(n) => break n,
-            Err(p) => assert!(Instant::now() < until, "stored ≠ truth: {p:#?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let n = stored_is_truth_by(
+        &pool,
+        &setup_http,
+        &control,
+        &range,
+        until,
+        "after the outage",
+    )
+    .await;
     println!("Postgres holds all {n} BTCUSDT trades {first_id}..={last_id}, across the outage");
 }
 
@@ -678,23 +686,7 @@ async fn a_redis_sentinel_failover_is_followed_and_loses_nothing() {
     .await
     .unwrap();
     let nodes = start_nodes(&["n1", "n2", "n3"], &env).await;
-    let fresh_everywhere = || async {
-        for n in &nodes {
-            if probe(&http, &n.url("/readyz")).await.0 != 200 {
-                return false;
-            }
-            let Ok(c) = get_json(&http, &n.url("/api/v1/cluster")).await else {
-                return false;
-            };
-            if c["nodes"].as_array().map_or(0, Vec::len) != 3 {
-                return false;
-            }
-            if !fresh_on(&http, n, &keys).await {
-                return false;
-            }
-        }
-        true
-    };
+    let fresh_everywhere = || serving_fresh_everywhere(&http, &nodes, &keys);
     assert!(
         wait_for(READY, fresh_everywhere).await.is_ok(),
         "the cluster never served every key fresh through Sentinel"

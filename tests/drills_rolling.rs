@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use pricefeed_tests::alert_ladder::{Ladder, LadderSpec, User};
 use pricefeed_tests::drill::{
     OwnershipWatch, accepted_vs_truth, env_secs, listen_alert_events, single_owner, spot_truth,
-    stored_vs_truth,
+    stored_is_truth_by,
 };
 use pricefeed_tests::{
     Proc, Sim, base_env, bin, fresh_database, get_json, http_client, key_prefix, migrate,
@@ -261,14 +261,15 @@ async fn a_rolling_restart_under_load_loses_nothing() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let until = Instant::now() + READY;
-    let stored = loop {
-        match stored_vs_truth(&pool, &http, &control, &accounted).await {
-            Ok(n) => break n,
-            Err(p) => assert!(Instant::now() < until, "stored ≠ truth: {p:#?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let stored = stored_is_truth_by(
+        &pool,
+        &http,
+        &control,
+        &accounted,
+        Instant::now() + READY,
+        "after the rolling restart",
+    )
+    .await;
     println!("Postgres holds exactly the truth's ids over the same ranges: {stored} trades");
 
     // Alerts against the truth.
@@ -506,16 +507,8 @@ async fn a_rest_429_storm_is_waited_out_without_a_ban_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let backfilled = ended.elapsed();
-    let stored = loop {
-        match stored_vs_truth(&pool, &http, &control, &accounted).await {
-            Ok(n) => break n,
-            Err(p) => assert!(
-                Instant::now() < until,
-                "stored ≠ truth after the storm: {p:#?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let stored =
+        stored_is_truth_by(&pool, &http, &control, &accounted, until, "after the storm").await;
     let target = last_ids["spot:BTCUSDT"] as i64;
     let res = wait_for(until.saturating_duration_since(Instant::now()), || async {
         cursor().await.is_some_and(|c| c >= target)

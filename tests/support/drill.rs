@@ -269,6 +269,25 @@ pub async fn stored_vs_truth(
     }
 }
 
+/// Waits until [`stored_vs_truth`] holds and returns the stored count; after `until` fails
+/// with the differences, saying `when` they were expected.
+pub async fn stored_is_truth_by(
+    pool: &sqlx::PgPool,
+    http: &reqwest::Client,
+    control: &str,
+    ranges: &BTreeMap<String, Accounted>,
+    until: Instant,
+    when: &str,
+) -> u64 {
+    loop {
+        match stored_vs_truth(pool, http, control, ranges).await {
+            Ok(n) => return n,
+            Err(p) => assert!(Instant::now() < until, "stored ≠ truth {when}: {p:#?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// What an [`OwnershipWatch`] saw.
 #[derive(Debug, Clone, Default)]
 pub struct OwnershipReport {
