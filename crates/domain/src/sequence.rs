@@ -253,6 +253,44 @@ impl SeqTracker {
         filled
     }
 
+    /// Re-opens `range` as a pending gap on a tracker that took over from another one (which
+    /// handed over the ids it was still missing): those ids are accepted once, everything
+    /// else up to the highest id stays a duplicate. Ids above the highest seen are ignored.
+    pub fn reopen(&mut self, range: RangeInclusive<u64>) {
+        if !self.started {
+            return;
+        }
+        let (lo, hi) = (*range.start(), (*range.end()).min(self.high));
+        if lo > hi {
+            return;
+        }
+        // Below the window, "at or above the horizon and in no gap" means seen: true of every
+        // id the previous tracker did not list as missing.
+        self.floor = self
+            .floor
+            .map(|f| f.min(lo.saturating_sub(1)))
+            .filter(|_| lo > 0);
+        self.horizon = self.horizon.min(lo);
+        let window_lo = self.high.saturating_sub(self.mask);
+        if hi >= window_lo {
+            self.write_bits(lo.max(window_lo), hi, false);
+        }
+        // Keep the list sorted and disjoint: merge with whatever it overlaps or touches.
+        let (mut s, mut e) = (lo, hi);
+        let mut i = self
+            .gaps
+            .partition_point(|&(_, ge)| ge.saturating_add(1) < s);
+        while i < self.gaps.len() && self.gaps[i].0 <= e.saturating_add(1) {
+            let (gs, ge) = self.gaps.remove(i).expect("in bounds");
+            s = s.min(gs);
+            e = e.max(ge);
+            // Ids of a merged neighbour were not seen either; the ones between were, but the
+            // merge only spans touching or overlapping ranges, so there are none.
+            i = i.min(self.gaps.len());
+        }
+        self.insert_gap(i, (s, e));
+    }
+
     /// Abandons every pending id up to `id` (the broker no longer has them, or backfill gave
     /// up) and returns how many; they count in [`Self::abandoned`] like a gap dropped for room.
     pub fn give_up_through(&mut self, id: u64) -> u64 {
@@ -461,6 +499,41 @@ mod tests {
         assert_eq!(t.observe(1), Observed::Duplicate);
         assert_eq!(t.observe(500), Observed::Duplicate);
         assert_eq!(gaps(&t), vec![2..=2, 4..=4]);
+    }
+
+    #[test]
+    fn a_handed_over_gap_is_accepted_once_by_the_next_tracker() {
+        let mut a = SeqTracker::new(small(64, 8));
+        for id in (1..=20).filter(|id| ![5, 9, 10].contains(id)) {
+            a.observe(id);
+        }
+        let missing: Vec<_> = a.pending_gaps().collect();
+        assert_eq!(missing, vec![5..=5, 9..=10]);
+        let mut b = SeqTracker::starting_after(a.high().unwrap(), small(64, 8));
+        for g in missing {
+            b.reopen(g);
+        }
+        assert_eq!(b.missing(), 3);
+        assert_eq!(b.observe(4), Observed::Duplicate);
+        assert_eq!(b.observe(6), Observed::Duplicate);
+        assert_eq!(b.observe(5), Observed::Late);
+        assert_eq!(b.observe(5), Observed::Duplicate);
+        assert_eq!(b.observe(21), Observed::New);
+        // Below the window too: far ahead, the rest of the handed-over gap still closes once.
+        for id in 22..300 {
+            b.observe(id);
+        }
+        assert_eq!(b.observe(7), Observed::Duplicate);
+        assert_eq!(b.observe(9), Observed::Late);
+        assert_eq!(b.observe(9), Observed::Duplicate);
+        assert_eq!(b.fill(10..=10), 1);
+        assert_eq!(b.missing(), 0);
+        // Overlapping and touching ranges merge; nothing above the highest id is opened.
+        b.reopen(100..=105);
+        b.reopen(104..=110);
+        b.reopen(111..=111);
+        b.reopen(400..=500);
+        assert_eq!(gaps(&b), vec![100..=111]);
     }
 
     #[test]

@@ -636,3 +636,74 @@ async fn a_retried_flush_is_counted_once() {
     assert_eq!(c.fenced, vec!["spot:BTCUSDT".to_string()]);
     assert_eq!(count(redis.clone()).await, Some(8));
 }
+
+/// A release hands its still-missing ids to the next owner through the marker: the claim
+/// (real Redis, the real scripts) returns the resume point and those ids, and only once the
+/// marker is of the claimed epoch; a forced claim without a marker resumes with none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_its_missing_ids_to_the_next_owner() {
+    use pricefeed_node::ingest::publish::{self, FlushWork};
+    use pricefeed_node::ingest::state::{FlushEntry, Latest, Release};
+    use rust_decimal::Decimal;
+
+    let url = std::env::var("PRICEFEED_TEST_REDIS_URL").expect("PRICEFEED_TEST_REDIS_URL");
+    let mut redis = pricefeed_store::redis_conn::connect(&pricefeed_runtime::config::RedisConfig {
+        url: pricefeed_runtime::secret::SecretUrl::new(url),
+        key_prefix: "unused".into(),
+        sentinel: None,
+    })
+    .await
+    .unwrap();
+    let prefix = unique("pf_handover");
+    let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
+    let other = InstrumentKey::parse("spot:ETHUSDT").unwrap();
+    let release = FlushWork {
+        token: "inc:1".into(),
+        entries: vec![FlushEntry {
+            key: key.clone(),
+            latest: Some(Latest {
+                price: Decimal::new(100, 0),
+                qty: Decimal::ONE,
+                trade_id: 120,
+                ts_ms: 1,
+            }),
+            accepted: 3,
+            first_id: Some(100),
+        }],
+        released: vec![Release {
+            key: key.clone(),
+            epoch: 8,
+            missing: vec![101..=102, 110..=119],
+        }],
+    };
+    publish::flush(
+        &mut redis,
+        &publish::flush_script(),
+        &prefix,
+        "n1",
+        &release,
+    )
+    .await
+    .unwrap();
+    let early = publish::claim(&mut redis, &prefix, "n2", &[(key.clone(), 9, false)])
+        .await
+        .unwrap();
+    assert_eq!(
+        early,
+        vec![None],
+        "a marker of an older epoch does not release"
+    );
+    let claimed = publish::claim(
+        &mut redis,
+        &prefix,
+        "n2",
+        &[(key.clone(), 8, false), (other.clone(), 8, true)],
+    )
+    .await
+    .unwrap();
+    let (resume, missing) = claimed[0].clone().expect("released at 8");
+    assert_eq!(resume.after_id, Some(120));
+    assert_eq!(missing, vec![101..=102, 110..=119]);
+    let (resume, missing) = claimed[1].clone().expect("forced");
+    assert_eq!((resume.after_id, missing), (None, vec![]));
+}

@@ -27,7 +27,7 @@
 //! | `{p}:ingest:accepted` | hash | owning node | `market:SYMBOL` → trades accepted cluster-wide |
 //! | `{p}:ingest:first` | hash | owning node | `market:SYMBOL` → lowest accepted trade id |
 //! | `{p}:live` | hash | owning node | `market:SYMBOL` → id of the node that went live on it last (the fencing claim) |
-//! | `{p}:handover:market:SYMBOL` | string, TTL | releasing node | epoch of the release |
+//! | `{p}:handover:market:SYMBOL` | string, TTL | releasing node | [`HandoverMarker`]: epoch of the release and the ids still missing |
 //! | `{p}:feed:{node}` | hash, TTL | node | `market:conn` → `last_frame_ms,mean_gap_ms` or `0` |
 //! | `{p}:orders:{node}` | channel | scheduler | [`ReconnectOrder`] JSON |
 //! | `{p}:reconciled` | channel | worker | [`Reconciled`] JSON after each committed step |
@@ -409,6 +409,38 @@ pub struct AlertEvent {
     pub triggered_at: i64,
 }
 
+/// Value of `{p}:handover:market:SYMBOL`: `E` or `E:s-e,s-e,…`, the epoch at which the node
+/// released the instrument and the trade ids below its last accepted one it was still missing.
+/// The claim script compares the epoch (the digits before `:`); the new owner backfills the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoverMarker {
+    pub epoch: u64,
+    pub missing: Vec<std::ops::RangeInclusive<u64>>,
+}
+
+impl HandoverMarker {
+    pub fn encode(&self) -> String {
+        let mut s = self.epoch.to_string();
+        for (n, g) in self.missing.iter().enumerate() {
+            s.push(if n == 0 { ':' } else { ',' });
+            s.push_str(&format!("{}-{}", g.start(), g.end()));
+        }
+        s
+    }
+
+    /// The missing ids of an encoded marker, given what follows the `:`; malformed parts are
+    /// skipped (a marker is only ever written by [`Self::encode`]).
+    pub fn parse_missing(tail: &str) -> Vec<std::ops::RangeInclusive<u64>> {
+        tail.split(',')
+            .filter_map(|g| {
+                let (s, e) = g.split_once('-')?;
+                let (s, e) = (s.parse::<u64>().ok()?, e.parse::<u64>().ok()?);
+                (s <= e).then_some(s..=e)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -436,6 +468,22 @@ mod tests {
         assert_eq!(k.prices(), "pf:prices");
         assert_eq!(k.price_ticks(), "pf:ticks");
         assert_eq!(k.handover(&key), "pf:handover:usdm:BTCUSDT");
+        let m = HandoverMarker {
+            epoch: 7,
+            missing: vec![5..=5, 9..=12],
+        };
+        assert_eq!(m.encode(), "7:5-5,9-12");
+        assert_eq!(HandoverMarker::parse_missing("5-5,9-12"), m.missing);
+        assert_eq!(
+            HandoverMarker {
+                epoch: 8,
+                missing: vec![]
+            }
+            .encode(),
+            "8"
+        );
+        assert!(HandoverMarker::parse_missing("").is_empty());
+        assert_eq!(HandoverMarker::parse_missing("x,3-1,4-6"), vec![4..=6]);
         assert_eq!(k.feed("n1"), "pf:feed:n1");
         assert_eq!(k.orders("n1"), "pf:orders:n1");
         assert_eq!(k.rank("spot:USDT"), "pf:rank:spot:USDT");

@@ -317,7 +317,7 @@ async fn flush_loop(
     let mut flushes: u64 = 0;
     let mut inflight: Option<publish::FlushWork> = None;
     let mut queued: Vec<state::FlushEntry> = Vec::new();
-    let mut queued_released: Vec<(InstrumentKey, u64)> = Vec::new();
+    let mut queued_released: Vec<state::Release> = Vec::new();
     let duplicates = metrics::counter!("pricefeed_ingest_flush_retries_applied_total");
     loop {
         let stopping = tokio::select! {
@@ -335,8 +335,10 @@ async fn flush_loop(
                 Ok(claimed) => {
                     let mut c = core.lock().unwrap();
                     for (check, resume) in checks.iter().zip(claimed) {
-                        if let Some(resume) = resume {
-                            c.go_live(&check.key, check.epoch, resume);
+                        if let Some((resume, missing)) = resume
+                            && c.go_live(&check.key, check.epoch, resume)
+                        {
+                            c.reopen_gaps(&check.key, &missing);
                         }
                     }
                 }

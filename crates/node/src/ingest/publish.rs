@@ -14,8 +14,9 @@
 //!   counters are increments, so a flush whose answer was lost (a response timeout after the
 //!   script ran) must not be applied again: the node retries the same batch with the same token
 //!   until it gets an answer, and the script skips a token it has already applied.
-//! - `{prefix}:handover:market:SYMBOL`: "released at epoch E", set with the final flush of an
-//!   instrument this node lost; the new owner goes live when it sees it.
+//! - `{prefix}:handover:market:SYMBOL`: "released at epoch E" and the ids the releasing node was
+//!   still missing ([`HandoverMarker`]), set with the final flush of an instrument
+//!   this node lost; the new owner goes live when it sees it, and backfills those ids.
 //! - `{prefix}:live` hash, field `market:SYMBOL` = the node that went live on it last. Going
 //!   live claims it and reads the resume point in one script ([`claim`]); a flush writes only
 //!   fields this node holds the claim of and reports the others as fenced. A node that was cut
@@ -25,14 +26,16 @@
 //!   not connected), rewritten every second by the flush loop, expiring 10 s after the node
 //!   stops (for the scheduler's feed-health watch).
 
+use std::ops::RangeInclusive;
+
 use pricefeed_domain::instrument::InstrumentKey;
-use pricefeed_store::protocol::Keys;
 pub use pricefeed_store::protocol::PriceDoc;
+use pricefeed_store::protocol::{HandoverMarker, Keys};
 use pricefeed_store::redis_conn::RedisConn;
 use redis::Script;
 
 use super::handoff::Resume;
-use super::state::{FlushEntry, Latest};
+use super::state::{FlushEntry, Latest, Release};
 
 /// A latest price document from the node-local state.
 pub fn price_doc(key: &InstrumentKey, l: &Latest) -> PriceDoc {
@@ -111,7 +114,7 @@ pub struct Flushed {
 pub struct FlushWork {
     pub token: String,
     pub entries: Vec<FlushEntry>,
-    pub released: Vec<(InstrumentKey, u64)>,
+    pub released: Vec<Release>,
 }
 
 /// Writes one flush batch as `node_id`. Call again with the very same `work` after an error:
@@ -131,8 +134,8 @@ pub async fn flush(
         .key(keys.first_accepted())
         .key(keys.live_claims())
         .key(keys.flush_tokens());
-    for (k, _) in released {
-        inv.key(keys.handover(k));
+    for r in released {
+        inv.key(keys.handover(&r.key));
     }
     inv.arg(keys.price_ticks())
         .arg(entries.len())
@@ -156,8 +159,14 @@ pub async fn flush(
             None => inv.arg(""),
         };
     }
-    for (_, epoch) in released.iter() {
-        inv.arg(*epoch);
+    for r in released {
+        inv.arg(
+            HandoverMarker {
+                epoch: r.epoch,
+                missing: r.missing.clone(),
+            }
+            .encode(),
+        );
     }
     let out: Vec<redis::Value> = inv.invoke_async(conn).await?;
     let mut it = out.into_iter();
@@ -183,17 +192,20 @@ pub async fn flush(
 
 // KEYS: 1 prices, 2 live claims, then one handover marker per instrument.
 // ARGV: 1 node id, then 3 per instrument (field, epoch, force 0/1).
-// Returns per instrument: 0 (not yet: no release marker for this epoch) or {1, price json or ''}.
+// Returns per instrument: 0 (not yet: no release marker for this epoch) or {1, price json or '',
+// the marker's missing ids or ''}.
 const CLAIM: &str = r"
 local out = {}
 local a = 2
 for k = 3, #KEYS do
   local field, epoch, force = ARGV[a], tonumber(ARGV[a+1]), ARGV[a+2] == '1'
   a = a + 3
-  local marker = tonumber(redis.call('GET', KEYS[k]) or '')
-  if force or (marker and marker >= epoch) then
+  local ep, missing = string.match(redis.call('GET', KEYS[k]) or '', '^(%d+):?(.*)$')
+  local marker = tonumber(ep or '')
+  local released = marker and marker >= epoch
+  if force or released then
     redis.call('HSET', KEYS[2], field, ARGV[1])
-    out[#out + 1] = {1, redis.call('HGET', KEYS[1], field) or ''}
+    out[#out + 1] = {1, redis.call('HGET', KEYS[1], field) or '', released and missing or ''}
   else
     out[#out + 1] = 0
   end
@@ -204,13 +216,14 @@ return out
 /// For each pending instrument `(key, epoch, force)`: when its previous owner has released it
 /// at `epoch` or later (or `force`), takes the live claim for `node_id` and returns where to
 /// resume (the stored latest trade) in the same atomic step, so no flush of the previous owner
-/// can land between the read and the claim. `None`: keep waiting.
+/// can land between the read and the claim, with the ids the previous owner was still missing.
+/// `None`: keep waiting.
 pub async fn claim(
     conn: &mut RedisConn,
     prefix: &str,
     node_id: &str,
     pending: &[(InstrumentKey, u64, bool)],
-) -> redis::RedisResult<Vec<Option<Resume>>> {
+) -> redis::RedisResult<Vec<Option<(Resume, Vec<RangeInclusive<u64>>)>>> {
     let names = Keys::new(prefix);
     static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(CLAIM));
     let mut inv = SCRIPT.prepare_invoke();
@@ -233,10 +246,18 @@ pub async fn claim(
                     .get(1)
                     .and_then(|p| redis::from_redis_value_ref::<String>(p).ok())
                     .and_then(|s| serde_json::from_str::<PriceDoc>(&s).ok());
-                Some(Resume {
-                    after_id: last.as_ref().map(|d| d.trade_id),
-                    price: last.map(|d| d.price),
-                })
+                let missing = parts
+                    .get(2)
+                    .and_then(|p| redis::from_redis_value_ref::<String>(p).ok())
+                    .map(|s| HandoverMarker::parse_missing(&s))
+                    .unwrap_or_default();
+                Some((
+                    Resume {
+                        after_id: last.as_ref().map(|d| d.trade_id),
+                        price: last.map(|d| d.price),
+                    },
+                    missing,
+                ))
             }
             _ => None,
         })

@@ -122,12 +122,23 @@ pub struct FlushEntry {
     pub first_id: Option<u64>,
 }
 
+/// An instrument this node released, for its handover marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub key: InstrumentKey,
+    /// The epoch at which it was released.
+    pub epoch: u64,
+    /// Ids below its last accepted one still missing here (gaps backfill had not closed): the
+    /// next owner backfills them, since it resumes after the last accepted id.
+    pub missing: Vec<RangeInclusive<u64>>,
+}
+
 /// One tick's worth of Redis work.
 #[derive(Debug, Default)]
 pub struct FlushBatch {
     pub entries: Vec<FlushEntry>,
-    /// Released instruments and the epoch at which they were released (marker value).
-    pub released: Vec<(InstrumentKey, u64)>,
+    /// Released instruments (their handover markers).
+    pub released: Vec<Release>,
     pub gaps: Vec<GapJob>,
     /// Accepted trades per market since the last flush (metrics).
     pub accepted_by_market: [u64; 3],
@@ -168,7 +179,7 @@ pub struct Core {
     markets: [HashMap<Box<str>, Instr>; 3],
     seq: SeqConfig,
     max_skew_ms: i64,
-    released: Vec<(InstrumentKey, u64)>,
+    released: Vec<Release>,
     released_entries: Vec<FlushEntry>,
     gaps: Vec<GapJob>,
     accepted_by_market: [u64; 3],
@@ -275,7 +286,11 @@ impl Core {
                         accepted: i.unflushed,
                         first_id: i.unflushed_first,
                     });
-                    self.released.push((i.key, epoch));
+                    self.released.push(Release {
+                        missing: i.tracker.pending_gaps().collect(),
+                        key: i.key,
+                        epoch,
+                    });
                 }
             }
         }
@@ -380,6 +395,26 @@ impl Core {
             c.live(slot, &key, resume);
         }
         true
+    }
+
+    /// The previous owner of `key` handed over ids it was still missing: wait for them (and
+    /// backfill them) like gaps seen here. Call right after [`Self::go_live`].
+    pub fn reopen_gaps(&mut self, key: &InstrumentKey, missing: &[RangeInclusive<u64>]) {
+        let Some(i) = self.get_mut(key) else {
+            return;
+        };
+        if i.phase != Phase::Live || missing.is_empty() {
+            return;
+        }
+        for r in missing {
+            i.tracker.reopen(r.clone());
+        }
+        report_abandoned(i);
+        let key = i.key.clone();
+        self.gaps.extend(missing.iter().map(|r| GapJob {
+            key: key.clone(),
+            ids: r.clone(),
+        }));
     }
 
     /// One trade from a WS frame of `market`.
@@ -761,11 +796,41 @@ mod tests {
             Verdict::Accepted
         );
         assert_eq!(c.take_flush().gaps[0].ids, 101..=102);
-        // Losing it releases it with a marker at the new epoch.
+        // Losing it releases it with a marker at the new epoch, handing over the gap that
+        // backfill had not closed yet.
         c.sync_slice(&[], 8, |_| false, deadline);
         let b = c.take_flush();
-        assert_eq!(b.released, vec![(k.clone(), 8)]);
+        assert_eq!(
+            b.released,
+            vec![Release {
+                key: k.clone(),
+                epoch: 8,
+                missing: vec![101..=102]
+            }]
+        );
         assert!(!c.owns(&k));
+
+        // The next owner resumes after 103 and still waits for (and backfills) 101..=102.
+        let mut next = Core::new(SeqConfig::default(), 5_000);
+        next.sync_slice(std::slice::from_ref(&k), 8, |_| false, deadline);
+        assert!(next.go_live(&k, 8, resume(103)));
+        next.reopen_gaps(&k, &b.released[0].missing);
+        assert_eq!(next.missing_span(&k), Some((101, 102)));
+        assert_eq!(next.take_flush().gaps[0].ids, 101..=102);
+        for (id, v) in [
+            (103, Verdict::Duplicate),
+            (100, Verdict::Duplicate),
+            (101, Verdict::Accepted),
+            (101, Verdict::Duplicate),
+            (104, Verdict::Accepted),
+        ] {
+            assert_eq!(
+                next.on_ws_trade(Market::Spot, &tr("BNBUSDT", id), NOW),
+                v,
+                "{id}"
+            );
+        }
+        assert_eq!(next.missing_span(&k), Some((102, 102)));
     }
 
     #[test]
