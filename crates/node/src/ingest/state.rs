@@ -14,7 +14,10 @@
 //!    cluster" hold through handovers.
 //! 2. **Live**: WS and backfilled trades go through the same [`SeqTracker`].
 //! 3. **Released** when the slice loses it: removed at once (no more acceptance), its last
-//!    unflushed price and counts are flushed together with the release marker.
+//!    unflushed price and counts are flushed together with the release marker, which also
+//!    hands the ids it was still missing to the next owner ([`Core::reopen_gaps`]): that owner
+//!    resumes after the last accepted id, so without them a gap backfill had not closed yet
+//!    would never reach the live path.
 
 use foldhash::HashMap;
 use std::ops::RangeInclusive;
