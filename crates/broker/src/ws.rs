@@ -289,12 +289,13 @@ pub fn decode_serde(frame: &str) -> Result<FrameRef<'_>, FrameError> {
             .map_err(|e| FrameError::Json(e.to_string()))?
             .data
     } else {
-        match serde_json::from_str::<EventRef<'_>>(frame) {
-            Ok(ev) => ev,
-            Err(e) => match serde_json::from_str::<CombinedRef<'_>>(frame) {
-                Ok(c) => c.data,
-                Err(_) => return Err(FrameError::Json(e.to_string())),
-            },
+        // A wrapper rendered otherwise (leading whitespace, keys reordered) is still a wrapper,
+        // and its payload wins over event fields beside it, as when it is sniffed: whitespace
+        // must not change which trade a frame means (found by the `broker_frame` fuzz target).
+        match serde_json::from_str::<CombinedRef<'_>>(frame) {
+            Ok(c) => c.data,
+            Err(_) => serde_json::from_str::<EventRef<'_>>(frame)
+                .map_err(|e| FrameError::Json(e.to_string()))?,
         }
     };
     event(ev)
@@ -357,6 +358,18 @@ mod tests {
         let back = serde_json::to_string(&t).unwrap();
         assert!(back.contains(r#""p":"4.00000100""#), "{back}");
         assert!(back.contains(r#""q":"100.00000000""#), "{back}");
+    }
+
+    #[test]
+    fn a_wrapper_means_its_payload_whatever_its_whitespace() {
+        let frame = r#"{"stream":"btcusdt@trade","e":"trade","E":0,"s":"BTCUSDT","t":0,"p":"1","q":"1","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"2","q":"3","T":2,"m":true}}"#;
+        let spaced = format!("  {frame}");
+        for f in [frame, spaced.as_str()] {
+            let Ok(FrameRef::Trade(t)) = decode_text(f) else {
+                panic!("not a trade: {f}");
+            };
+            assert_eq!((t.id, t.ts_ms, t.buyer_is_maker), (7, 2, true), "{f}");
+        }
     }
 
     #[test]

@@ -93,8 +93,16 @@ pub fn broker_frame(data: &[u8]) {
 type Fields = (String, u64, Decimal, Decimal, i64, bool);
 
 /// The trade fields of `text` per [`WsTrade`]/[`WsAggTrade`] (raw or combined), when it is one
-/// with a non-negative id.
+/// with a non-negative id. A frame that is both a complete raw event and a wrapper means no one
+/// trade (the owned structs would take the raw one, the decoder the wrapper's payload, as it
+/// does for a sniffed wrapper): `None`.
 fn owned_trade(text: &str) -> Option<Fields> {
+    let wrapper = serde_json::from_str::<Combined<serde_json::Value>>(text).is_ok();
+    let raw = serde_json::from_str::<WsTrade>(text).is_ok()
+        || serde_json::from_str::<WsAggTrade>(text).is_ok();
+    if wrapper && raw {
+        return None;
+    }
     let trade = |t: WsTrade| {
         (t.event_type == "trade" && t.trade_id >= 0).then(|| {
             let id = t.trade_id as u64;

@@ -34,6 +34,18 @@ fn unique(p: &str) -> String {
     format!("{p}_{}_{}", std::process::id(), n % 1_000_000_000)
 }
 
+/// A connection to the test Redis (`PRICEFEED_TEST_REDIS_URL`); tests keep apart by prefix.
+async fn test_redis() -> pricefeed_store::redis_conn::RedisConn {
+    let url = std::env::var("PRICEFEED_TEST_REDIS_URL").expect("PRICEFEED_TEST_REDIS_URL");
+    pricefeed_store::redis_conn::connect(&pricefeed_runtime::config::RedisConfig {
+        url: pricefeed_runtime::secret::SecretUrl::new(url),
+        key_prefix: "unused".into(),
+        sentinel: None,
+    })
+    .await
+    .unwrap()
+}
+
 async fn fresh_db() -> String {
     use sqlx::Connection;
     let admin = std::env::var("PRICEFEED_TEST_DATABASE_URL")
@@ -567,14 +579,7 @@ async fn a_retried_flush_is_counted_once() {
     use pricefeed_node::ingest::state::{FlushEntry, Latest};
     use rust_decimal::Decimal;
 
-    let url = std::env::var("PRICEFEED_TEST_REDIS_URL").expect("PRICEFEED_TEST_REDIS_URL");
-    let mut redis = pricefeed_store::redis_conn::connect(&pricefeed_runtime::config::RedisConfig {
-        url: pricefeed_runtime::secret::SecretUrl::new(url),
-        key_prefix: "unused".into(),
-        sentinel: None,
-    })
-    .await
-    .unwrap();
+    let mut redis = test_redis().await;
     let prefix = unique("pf_flush");
     let keys = Keys::new(&prefix);
     let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
@@ -646,14 +651,7 @@ async fn a_release_hands_its_missing_ids_to_the_next_owner() {
     use pricefeed_node::ingest::state::{FlushEntry, Latest, Release};
     use rust_decimal::Decimal;
 
-    let url = std::env::var("PRICEFEED_TEST_REDIS_URL").expect("PRICEFEED_TEST_REDIS_URL");
-    let mut redis = pricefeed_store::redis_conn::connect(&pricefeed_runtime::config::RedisConfig {
-        url: pricefeed_runtime::secret::SecretUrl::new(url),
-        key_prefix: "unused".into(),
-        sentinel: None,
-    })
-    .await
-    .unwrap();
+    let mut redis = test_redis().await;
     let prefix = unique("pf_handover");
     let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
     let other = InstrumentKey::parse("spot:ETHUSDT").unwrap();
