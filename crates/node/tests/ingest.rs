@@ -593,6 +593,7 @@ async fn a_retried_flush_is_counted_once() {
         }),
         accepted,
         first_id: Some(1),
+        missing: None,
     };
     let script = publish::flush_script();
     let count = |mut r: pricefeed_store::redis_conn::RedisConn| {
@@ -642,22 +643,24 @@ async fn a_retried_flush_is_counted_once() {
     assert_eq!(count(redis.clone()).await, Some(8));
 }
 
-/// A release hands its still-missing ids to the next owner through the marker: the claim
-/// (real Redis, the real scripts) returns the resume point and those ids, and only once the
-/// marker is of the claimed epoch; a forced claim without a marker resumes with none.
+/// The ids a node is still missing go to Redis with its flush; the next node to go live takes
+/// them over in its claim (real Redis, the real scripts), after a release or with a forced claim
+/// (the owner died), and only once; a stale node's flush cannot write them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_hands_its_missing_ids_to_the_next_owner() {
+async fn the_next_owner_takes_over_the_missing_ids() {
     use pricefeed_node::ingest::publish::{self, FlushWork};
     use pricefeed_node::ingest::state::{FlushEntry, Latest, Release};
     use rust_decimal::Decimal;
 
     let mut redis = test_redis().await;
     let prefix = unique("pf_handover");
-    let key = InstrumentKey::parse("spot:BTCUSDT").unwrap();
-    let other = InstrumentKey::parse("spot:ETHUSDT").unwrap();
-    let release = FlushWork {
-        token: "inc:1".into(),
-        entries: vec![FlushEntry {
+    let script = publish::flush_script();
+    let (key, other) = (
+        InstrumentKey::parse("spot:BTCUSDT").unwrap(),
+        InstrumentKey::parse("spot:ETHUSDT").unwrap(),
+    );
+    let entry =
+        |key: &InstrumentKey, missing: Option<Vec<std::ops::RangeInclusive<u64>>>| FlushEntry {
             key: key.clone(),
             latest: Some(Latest {
                 price: Decimal::new(100, 0),
@@ -667,22 +670,23 @@ async fn a_release_hands_its_missing_ids_to_the_next_owner() {
             }),
             accepted: 3,
             first_id: Some(100),
-        }],
+            missing,
+        };
+    // n1 flushes both instruments with gaps open, then releases BTCUSDT at epoch 8.
+    let work = FlushWork {
+        token: "inc:1".into(),
+        entries: vec![
+            entry(&key, Some(vec![101..=102, 110..=119])),
+            entry(&other, Some(vec![105..=105])),
+        ],
         released: vec![Release {
             key: key.clone(),
             epoch: 8,
-            missing: vec![101..=102, 110..=119],
         }],
     };
-    publish::flush(
-        &mut redis,
-        &publish::flush_script(),
-        &prefix,
-        "n1",
-        &release,
-    )
-    .await
-    .unwrap();
+    publish::flush(&mut redis, &script, &prefix, "n1", &work)
+        .await
+        .unwrap();
     let early = publish::claim(&mut redis, &prefix, "n2", &[(key.clone(), 9, false)])
         .await
         .unwrap();
@@ -691,6 +695,7 @@ async fn a_release_hands_its_missing_ids_to_the_next_owner() {
         vec![None],
         "a marker of an older epoch does not release"
     );
+    // n2 takes BTCUSDT after the release, and ETHUSDT by force (n1 died).
     let claimed = publish::claim(
         &mut redis,
         &prefix,
@@ -703,5 +708,20 @@ async fn a_release_hands_its_missing_ids_to_the_next_owner() {
     assert_eq!(resume.after_id, Some(120));
     assert_eq!(missing, vec![101..=102, 110..=119]);
     let (resume, missing) = claimed[1].clone().expect("forced");
-    assert_eq!((resume.after_id, missing), (None, vec![]));
+    assert_eq!((resume.after_id, missing), (Some(120), vec![105..=105]));
+    // Taken over: a later claim does not hand them out again, and n1's stale flush (fenced)
+    // cannot write them back.
+    let stale = FlushWork {
+        token: "inc:2".into(),
+        entries: vec![entry(&other, Some(vec![105..=106]))],
+        released: Vec::new(),
+    };
+    let f = publish::flush(&mut redis, &script, &prefix, "n1", &stale)
+        .await
+        .unwrap();
+    assert_eq!(f.fenced, vec!["spot:ETHUSDT".to_string()]);
+    let again = publish::claim(&mut redis, &prefix, "n3", &[(other.clone(), 9, true)])
+        .await
+        .unwrap();
+    assert_eq!(again[0].clone().expect("forced").1, vec![]);
 }

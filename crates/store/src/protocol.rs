@@ -26,8 +26,9 @@
 //! | `{p}:rank:seen` | zset | owning node | `market:SYMBOL` → last rank write (ms), for pruning |
 //! | `{p}:ingest:accepted` | hash | owning node | `market:SYMBOL` → trades accepted cluster-wide |
 //! | `{p}:ingest:first` | hash | owning node | `market:SYMBOL` → lowest accepted trade id |
+//! | `{p}:ingest:missing` | hash | owning node (deleted by the next claim) | `market:SYMBOL` → [`MissingIds`] below the stored price |
 //! | `{p}:live` | hash | owning node | `market:SYMBOL` → id of the node that went live on it last (the fencing claim) |
-//! | `{p}:handover:market:SYMBOL` | string, TTL | releasing node | [`HandoverMarker`]: epoch of the release and the ids still missing |
+//! | `{p}:handover:market:SYMBOL` | string, TTL | releasing node | epoch of the release |
 //! | `{p}:feed:{node}` | hash, TTL | node | `market:conn` → `last_frame_ms,mean_gap_ms` or `0` |
 //! | `{p}:orders:{node}` | channel | scheduler | [`ReconnectOrder`] JSON |
 //! | `{p}:reconciled` | channel | worker | [`Reconciled`] JSON after each committed step |
@@ -127,6 +128,11 @@ impl Keys {
     /// answer that never arrived is recognised and not counted twice.
     pub fn flush_tokens(&self) -> String {
         self.k("ingest:flushed")
+    }
+    /// Per instrument, the ids its live node was still missing below the stored price
+    /// ([`MissingIds`]); taken over by the next node to go live on it.
+    pub fn ingest_missing(&self) -> String {
+        self.k("ingest:missing")
     }
     /// Which node holds each instrument's live claim: flushes from any other node are refused.
     pub fn live_claims(&self) -> String {
@@ -409,35 +415,33 @@ pub struct AlertEvent {
     pub triggered_at: i64,
 }
 
-/// Value of `{p}:handover:market:SYMBOL`: `E` or `E:s-e,s-e,…`, the epoch at which the node
-/// released the instrument and the trade ids below its last accepted one it was still missing.
-/// The claim script compares the epoch (the digits before `:`); the new owner backfills the rest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandoverMarker {
-    pub epoch: u64,
-    pub missing: Vec<std::ops::RangeInclusive<u64>>,
-}
+/// A field of `{p}:ingest:missing` ([`Keys::ingest_missing`]): `s-e,s-e,…`, the trade ids below
+/// the stored latest price that the node live on the instrument was still missing when it last
+/// flushed. Whoever goes live next takes them over (the claim reads and deletes the field).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MissingIds(pub Vec<std::ops::RangeInclusive<u64>>);
 
-impl HandoverMarker {
+impl MissingIds {
     pub fn encode(&self) -> String {
-        let mut s = self.epoch.to_string();
-        for (n, g) in self.missing.iter().enumerate() {
-            s.push(if n == 0 { ':' } else { ',' });
-            s.push_str(&format!("{}-{}", g.start(), g.end()));
-        }
-        s
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|g| format!("{}-{}", g.start(), g.end()))
+            .collect();
+        parts.join(",")
     }
 
-    /// The missing ids of an encoded marker, given what follows the `:`; malformed parts are
-    /// skipped (a marker is only ever written by [`Self::encode`]).
-    pub fn parse_missing(tail: &str) -> Vec<std::ops::RangeInclusive<u64>> {
-        tail.split(',')
-            .filter_map(|g| {
-                let (s, e) = g.split_once('-')?;
-                let (s, e) = (s.parse::<u64>().ok()?, e.parse::<u64>().ok()?);
-                (s <= e).then_some(s..=e)
-            })
-            .collect()
+    /// Malformed parts are skipped (a field is only ever written by [`Self::encode`]).
+    pub fn parse(s: &str) -> Self {
+        Self(
+            s.split(',')
+                .filter_map(|g| {
+                    let (s, e) = g.split_once('-')?;
+                    let (s, e) = (s.parse::<u64>().ok()?, e.parse::<u64>().ok()?);
+                    (s <= e).then_some(s..=e)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -468,22 +472,13 @@ mod tests {
         assert_eq!(k.prices(), "pf:prices");
         assert_eq!(k.price_ticks(), "pf:ticks");
         assert_eq!(k.handover(&key), "pf:handover:usdm:BTCUSDT");
-        let m = HandoverMarker {
-            epoch: 7,
-            missing: vec![5..=5, 9..=12],
-        };
-        assert_eq!(m.encode(), "7:5-5,9-12");
-        assert_eq!(HandoverMarker::parse_missing("5-5,9-12"), m.missing);
-        assert_eq!(
-            HandoverMarker {
-                epoch: 8,
-                missing: vec![]
-            }
-            .encode(),
-            "8"
-        );
-        assert!(HandoverMarker::parse_missing("").is_empty());
-        assert_eq!(HandoverMarker::parse_missing("x,3-1,4-6"), vec![4..=6]);
+        assert_eq!(k.ingest_missing(), "pf:ingest:missing");
+        let m = MissingIds(vec![5..=5, 9..=12]);
+        assert_eq!(m.encode(), "5-5,9-12");
+        assert_eq!(MissingIds::parse("5-5,9-12"), m);
+        assert_eq!(MissingIds::default().encode(), "");
+        assert!(MissingIds::parse("").0.is_empty());
+        assert_eq!(MissingIds::parse("x,3-1,4-6").0, vec![4..=6]);
         assert_eq!(k.feed("n1"), "pf:feed:n1");
         assert_eq!(k.orders("n1"), "pf:orders:n1");
         assert_eq!(k.rank("spot:USDT"), "pf:rank:spot:USDT");

@@ -472,6 +472,10 @@ fn merge_entries(acc: &mut Vec<state::FlushEntry>, new: Vec<state::FlushEntry>) 
                 if e.latest.map(|l| l.trade_id) > a.latest.map(|l| l.trade_id) {
                     a.latest = e.latest;
                 }
+                // The newer batch knows what is missing now.
+                if e.missing.is_some() {
+                    a.missing = e.missing;
+                }
             }
             None => acc.push(e),
         }

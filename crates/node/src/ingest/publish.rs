@@ -14,9 +14,12 @@
 //!   counters are increments, so a flush whose answer was lost (a response timeout after the
 //!   script ran) must not be applied again: the node retries the same batch with the same token
 //!   until it gets an answer, and the script skips a token it has already applied.
-//! - `{prefix}:handover:market:SYMBOL`: "released at epoch E" and the ids the releasing node was
-//!   still missing ([`HandoverMarker`]), set with the final flush of an instrument
-//!   this node lost; the new owner goes live when it sees it, and backfills those ids.
+//! - `{prefix}:ingest:missing` hash: per instrument, the ids below the stored price that its live
+//!   node is still missing ([`MissingIds`]), written by the same flush as the price. The next
+//!   node to go live on it (after a release or a death) takes them over in its claim and
+//!   backfills them: it resumes after the stored price, so they would be lost otherwise.
+//! - `{prefix}:handover:market:SYMBOL`: "released at epoch E", set with the final flush of an
+//!   instrument this node lost; the new owner goes live when it sees it.
 //! - `{prefix}:live` hash, field `market:SYMBOL` = the node that went live on it last. Going
 //!   live claims it and reads the resume point in one script ([`claim`]); a flush writes only
 //!   fields this node holds the claim of and reports the others as fenced. A node that was cut
@@ -30,7 +33,7 @@ use std::ops::RangeInclusive;
 
 use pricefeed_domain::instrument::InstrumentKey;
 pub use pricefeed_store::protocol::PriceDoc;
-use pricefeed_store::protocol::{HandoverMarker, Keys};
+use pricefeed_store::protocol::{Keys, MissingIds};
 use pricefeed_store::redis_conn::RedisConn;
 use redis::Script;
 
@@ -49,9 +52,10 @@ pub fn price_doc(key: &InstrumentKey, l: &Latest) -> PriceDoc {
     }
 }
 
-// KEYS: 1 prices, 2 accepted, 3 first, 4 live claims, 5 flush tokens, 6.. handover markers.
-// ARGV: 1 channel, 2 n entries, 3 node id, 4 flush token, then 5 per entry (field, trade_id or
-// '', json, delta, first or ''), then one epoch per marker key. Returns {published, fenced field,
+// KEYS: 1 prices, 2 accepted, 3 first, 4 live claims, 5 flush tokens, 6 missing, 7.. handover
+// markers. ARGV: 1 channel, 2 n entries, 3 node id, 4 flush token, then 6 per entry (field,
+// trade_id or '', json, delta, first or '', missing: '' unchanged, '-' none, else the ranges),
+// then one epoch per marker key. Returns {published, fenced field,
 // ...}, or {-1} when this token was applied already.
 const FLUSH: &str = r"
 local n = tonumber(ARGV[2])
@@ -61,13 +65,15 @@ local ticks = {}
 local fenced = {}
 local i = 5
 for _ = 1, n do
-  local field, id, json, delta, first = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2], tonumber(ARGV[i+3]), ARGV[i+4]
-  i = i + 5
+  local field, id, json, delta, first, missing = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2], tonumber(ARGV[i+3]), ARGV[i+4], ARGV[i+5]
+  i = i + 6
   local holder = redis.call('HGET', KEYS[4], field)
   if holder and holder ~= me then
     fenced[#fenced + 1] = field
   else
     if not holder then redis.call('HSET', KEYS[4], field, me) end
+    if missing == '-' then redis.call('HDEL', KEYS[6], field)
+    elseif missing ~= '' then redis.call('HSET', KEYS[6], field, missing) end
     if delta > 0 then redis.call('HINCRBY', KEYS[2], field, delta) end
     if first ~= '' then
       local cur = redis.call('HGET', KEYS[3], field)
@@ -87,7 +93,7 @@ for _ = 1, n do
     end
   end
 end
-for k = 6, #KEYS do
+for k = 7, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'PX', 600000)
   i = i + 1
 end
@@ -133,7 +139,8 @@ pub async fn flush(
         .key(keys.accepted())
         .key(keys.first_accepted())
         .key(keys.live_claims())
-        .key(keys.flush_tokens());
+        .key(keys.flush_tokens())
+        .key(keys.ingest_missing());
     for r in released {
         inv.key(keys.handover(&r.key));
     }
@@ -158,15 +165,14 @@ pub async fn flush(
             Some(f) => inv.arg(f),
             None => inv.arg(""),
         };
+        match &e.missing {
+            None => inv.arg(""),
+            Some(m) if m.is_empty() => inv.arg("-"),
+            Some(m) => inv.arg(MissingIds(m.clone()).encode()),
+        };
     }
     for r in released {
-        inv.arg(
-            HandoverMarker {
-                epoch: r.epoch,
-                missing: r.missing.clone(),
-            }
-            .encode(),
-        );
+        inv.arg(r.epoch);
     }
     let out: Vec<redis::Value> = inv.invoke_async(conn).await?;
     let mut it = out.into_iter();
@@ -190,22 +196,22 @@ pub async fn flush(
     })
 }
 
-// KEYS: 1 prices, 2 live claims, then one handover marker per instrument.
+// KEYS: 1 prices, 2 live claims, 3 missing, then one handover marker per instrument.
 // ARGV: 1 node id, then 3 per instrument (field, epoch, force 0/1).
 // Returns per instrument: 0 (not yet: no release marker for this epoch) or {1, price json or '',
-// the marker's missing ids or ''}.
+// missing ids or ''}; the missing ids are taken over (deleted).
 const CLAIM: &str = r"
 local out = {}
 local a = 2
-for k = 3, #KEYS do
+for k = 4, #KEYS do
   local field, epoch, force = ARGV[a], tonumber(ARGV[a+1]), ARGV[a+2] == '1'
   a = a + 3
-  local ep, missing = string.match(redis.call('GET', KEYS[k]) or '', '^(%d+):?(.*)$')
-  local marker = tonumber(ep or '')
-  local released = marker and marker >= epoch
-  if force or released then
+  local marker = tonumber(redis.call('GET', KEYS[k]) or '')
+  if force or (marker and marker >= epoch) then
     redis.call('HSET', KEYS[2], field, ARGV[1])
-    out[#out + 1] = {1, redis.call('HGET', KEYS[1], field) or '', released and missing or ''}
+    local missing = redis.call('HGET', KEYS[3], field) or ''
+    redis.call('HDEL', KEYS[3], field)
+    out[#out + 1] = {1, redis.call('HGET', KEYS[1], field) or '', missing}
   else
     out[#out + 1] = 0
   end
@@ -216,7 +222,8 @@ return out
 /// For each pending instrument `(key, epoch, force)`: when its previous owner has released it
 /// at `epoch` or later (or `force`), takes the live claim for `node_id` and returns where to
 /// resume (the stored latest trade) in the same atomic step, so no flush of the previous owner
-/// can land between the read and the claim, with the ids the previous owner was still missing.
+/// can land between the read and the claim, with the ids the previous owner was still missing
+/// when it last flushed (taken over: the field is deleted).
 /// `None`: keep waiting.
 pub async fn claim(
     conn: &mut RedisConn,
@@ -227,7 +234,9 @@ pub async fn claim(
     let names = Keys::new(prefix);
     static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(CLAIM));
     let mut inv = SCRIPT.prepare_invoke();
-    inv.key(names.prices()).key(names.live_claims());
+    inv.key(names.prices())
+        .key(names.live_claims())
+        .key(names.ingest_missing());
     for (k, _, _) in pending {
         inv.key(names.handover(k));
     }
@@ -249,7 +258,7 @@ pub async fn claim(
                 let missing = parts
                     .get(2)
                     .and_then(|p| redis::from_redis_value_ref::<String>(p).ok())
-                    .map(|s| HandoverMarker::parse_missing(&s))
+                    .map(|s| MissingIds::parse(&s).0)
                     .unwrap_or_default();
                 Some((
                     Resume {

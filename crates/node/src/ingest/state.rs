@@ -14,10 +14,11 @@
 //!    cluster" hold through handovers.
 //! 2. **Live**: WS and backfilled trades go through the same [`SeqTracker`].
 //! 3. **Released** when the slice loses it: removed at once (no more acceptance), its last
-//!    unflushed price and counts are flushed together with the release marker, which also
-//!    hands the ids it was still missing to the next owner ([`Core::reopen_gaps`]): that owner
-//!    resumes after the last accepted id, so without them a gap backfill had not closed yet
-//!    would never reach the live path.
+//!    unflushed price and counts are flushed together with the release marker. Every flush
+//!    also writes the ids still missing below the flushed price ([`FlushEntry::missing`]), so
+//!    whoever goes live next, after a release or a death, re-opens them
+//!    ([`Core::reopen_gaps`]): it resumes after the last flushed id, and a gap backfill had
+//!    not closed yet would otherwise never reach the live path.
 
 use foldhash::HashMap;
 use std::ops::RangeInclusive;
@@ -97,6 +98,8 @@ struct Instr {
     tracker: SeqTracker,
     /// `tracker.abandoned()` already counted in the metric and logged.
     abandoned_reported: u64,
+    /// The last flush wrote a non-empty missing set (the next one must clear it when none).
+    missing_flushed: bool,
     latest: Option<Latest>,
     /// `latest` changed since the last flush.
     dirty: bool,
@@ -123,6 +126,11 @@ pub struct FlushEntry {
     pub latest: Option<Latest>,
     pub accepted: u64,
     pub first_id: Option<u64>,
+    /// Ids below `latest` still missing here (gaps backfill has not closed), for whoever goes
+    /// live on the instrument next: it resumes after the last flushed id, so without them those
+    /// ids would never reach the live path. `None`: unchanged since the last flush (none then
+    /// and none now); `Some(empty)`: clear what was written.
+    pub missing: Option<Vec<RangeInclusive<u64>>>,
 }
 
 /// An instrument this node released, for its handover marker.
@@ -131,9 +139,6 @@ pub struct Release {
     pub key: InstrumentKey,
     /// The epoch at which it was released.
     pub epoch: u64,
-    /// Ids below its last accepted one still missing here (gaps backfill had not closed): the
-    /// next owner backfills them, since it resumes after the last accepted id.
-    pub missing: Vec<RangeInclusive<u64>>,
 }
 
 /// One tick's worth of Redis work.
@@ -273,7 +278,7 @@ impl Core {
                 .map(|(s, _)| s.clone())
                 .collect();
             for s in gone {
-                let i = map.remove(&s).expect("listed");
+                let mut i = map.remove(&s).expect("listed");
                 lost += 1;
                 for c in &mut self.consumers {
                     c.lost(i.slot, &i.key);
@@ -288,12 +293,9 @@ impl Core {
                         latest: i.dirty.then_some(i.latest).flatten(),
                         accepted: i.unflushed,
                         first_id: i.unflushed_first,
+                        missing: missing_to_flush(&mut i),
                     });
-                    self.released.push(Release {
-                        missing: i.tracker.pending_gaps().collect(),
-                        key: i.key,
-                        epoch,
-                    });
+                    self.released.push(Release { key: i.key, epoch });
                 }
             }
         }
@@ -315,6 +317,7 @@ impl Core {
                     };
                     i.tracker = SeqTracker::new(self.seq);
                     i.abandoned_reported = 0;
+                    i.missing_flushed = false;
                     i.latest = None;
                     i.fenced = false;
                     gained += 1;
@@ -342,6 +345,7 @@ impl Core {
                     },
                     tracker: SeqTracker::new(self.seq),
                     abandoned_reported: 0,
+                    missing_flushed: false,
                     latest: None,
                     dirty: false,
                     unflushed: 0,
@@ -392,6 +396,8 @@ impl Core {
             None => SeqTracker::new(seq),
         };
         i.abandoned_reported = 0;
+        // The claim took the stored missing set (it comes back through `reopen_gaps`).
+        i.missing_flushed = false;
         i.phase = Phase::Live;
         let (slot, key) = (i.slot, i.key.clone());
         for c in &mut self.consumers {
@@ -535,6 +541,7 @@ impl Core {
                     latest: i.dirty.then_some(i.latest).flatten(),
                     accepted: i.unflushed,
                     first_id: i.unflushed_first,
+                    missing: missing_to_flush(i),
                 });
                 i.dirty = false;
                 i.unflushed = 0;
@@ -598,6 +605,19 @@ impl Core {
 
     pub fn instruments(&self) -> usize {
         self.markets.iter().map(HashMap::len).sum()
+    }
+}
+
+/// What a flush writes of `i`'s missing ids ([`FlushEntry::missing`]).
+fn missing_to_flush(i: &mut Instr) -> Option<Vec<RangeInclusive<u64>>> {
+    if i.tracker.has_gaps() {
+        i.missing_flushed = true;
+        Some(i.tracker.pending_gaps().collect())
+    } else if i.missing_flushed {
+        i.missing_flushed = false;
+        Some(Vec::new())
+    } else {
+        None
     }
 }
 
@@ -798,9 +818,12 @@ mod tests {
             c.on_ws_trade(Market::Spot, &tr("BNBUSDT", 103), NOW),
             Verdict::Accepted
         );
-        assert_eq!(c.take_flush().gaps[0].ids, 101..=102);
-        // Losing it releases it with a marker at the new epoch, handing over the gap that
-        // backfill had not closed yet.
+        let b = c.take_flush();
+        assert_eq!(b.gaps[0].ids, 101..=102);
+        // Every flush writes what is still missing below the flushed price.
+        assert_eq!(b.entries[0].missing, Some(vec![101..=102]));
+        // Losing it releases it with a marker at the new epoch; its final flush still says
+        // what backfill had not closed yet.
         c.sync_slice(&[], 8, |_| false, deadline);
         let b = c.take_flush();
         assert_eq!(
@@ -808,16 +831,16 @@ mod tests {
             vec![Release {
                 key: k.clone(),
                 epoch: 8,
-                missing: vec![101..=102]
             }]
         );
+        assert_eq!(b.entries[0].missing, Some(vec![101..=102]));
         assert!(!c.owns(&k));
 
         // The next owner resumes after 103 and still waits for (and backfills) 101..=102.
         let mut next = Core::new(SeqConfig::default(), 5_000);
         next.sync_slice(std::slice::from_ref(&k), 8, |_| false, deadline);
         assert!(next.go_live(&k, 8, resume(103)));
-        next.reopen_gaps(&k, &b.released[0].missing);
+        next.reopen_gaps(&k, b.entries[0].missing.as_deref().unwrap());
         assert_eq!(next.missing_span(&k), Some((101, 102)));
         assert_eq!(next.take_flush().gaps[0].ids, 101..=102);
         for (id, v) in [
@@ -834,6 +857,12 @@ mod tests {
             );
         }
         assert_eq!(next.missing_span(&k), Some((102, 102)));
+        assert_eq!(next.take_flush().entries[0].missing, Some(vec![102..=102]));
+        // Once the last gap closes, the next flush clears the written set, then says nothing.
+        next.on_ws_trade(Market::Spot, &tr("BNBUSDT", 102), NOW);
+        assert_eq!(next.take_flush().entries[0].missing, Some(vec![]));
+        next.on_ws_trade(Market::Spot, &tr("BNBUSDT", 105), NOW);
+        assert_eq!(next.take_flush().entries[0].missing, None);
     }
 
     #[test]
